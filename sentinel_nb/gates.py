@@ -5,14 +5,65 @@
 # %% ../nbs/03_gates.ipynb #765ceda1
 from __future__ import annotations
 from contextlib import contextmanager
+from dataclasses import dataclass
+import weakref
 import torch
 from torch import nn
 from .models import get_adapter, attention_modules, out_projs, head_counts
 
 # %% auto #0
-__all__ = ['HeadGates', 'zero_head_by_hand', 'stats', 'recording']
+__all__ = ['HeadState', 'HeadGates', 'zero_head_by_hand', 'stats', 'recording', 'HeadUpdateScaler']
+
+# %% ../nbs/03_gates.ipynb
+@dataclass
+class HeadState:
+    "Every head's state, each field `[layers, heads]`: the one source of truth for pruning, growth and training."
+    active: torch.Tensor      # bool: False = pruned (its output is forced to 0)
+    protected: torch.Tensor   # bool: consent flag; a protected head is never pruned
+    grown_at: torch.Tensor    # long: optimizer step at which the head was grown, -1 = never
+    ramp_steps: torch.Tensor  # long: warm-up length of a grown head's gate (0 = no ramp)
+    lr_boost: torch.Tensor    # float: update multiplier of a grown head at its birth (decays to 1)
+    boost_steps: torch.Tensor # long: steps over which lr_boost decays to 1
+    step: int = 0             # the current optimizer step (set by the trainer through `HeadGates.set_step`)
+
+    @classmethod
+    def fresh(cls, n_layers: int, n_heads: int, device=None) -> 'HeadState':
+        "All heads active, unprotected, original."
+        z = lambda dt, v: torch.full((n_layers, n_heads), v, dtype=dt, device=device)
+        return cls(z(torch.bool, True), z(torch.bool, False), z(torch.long, -1), z(torch.long, 0),
+                   z(torch.float32, 1.), z(torch.long, 0))
+
+    def ramp(self) -> torch.Tensor:
+        "Gate ramp `[layers, heads]` in [0, 1]: 1 for original heads, `(step - grown_at) / ramp_steps` for grown ones."
+        age = (self.step - self.grown_at).clamp(min=0).float()
+        r = (age / self.ramp_steps.clamp(min=1).float()).clamp(max=1.)
+        return torch.where((self.grown_at >= 0) & (self.ramp_steps > 0), r, torch.ones_like(r))
+
+    def multiplier(self) -> torch.Tensor:
+        "What the hook multiplies each head by on top of the gate: `active * ramp`, `[layers, heads]`."
+        return self.active.float() * self.ramp()
+
+    def update_scale(self) -> torch.Tensor:
+        "Per-head multiplier of parameter updates `[layers, heads]`: 0 pruned (frozen), `lr_boost` decaying to 1 for grown."
+        age = (self.step - self.grown_at).clamp(min=0).float()
+        frac = (1 - age / self.boost_steps.clamp(min=1).float()).clamp(min=0.)
+        boost = torch.where((self.grown_at >= 0) & (self.boost_steps > 0), 1 + (self.lr_boost - 1) * frac, torch.ones_like(frac))
+        return torch.where(self.active, boost, torch.zeros_like(boost))
+
+    _tensors = ('active', 'protected', 'grown_at', 'ramp_steps', 'lr_boost', 'boost_steps')
+    def state_dict(self) -> dict:
+        "Plain-Python copy (JSON-ready lists) for logs and checkpoints."
+        return {**{k: getattr(self, k).tolist() for k in self._tensors}, 'step': self.step}
+
+    def load_state_dict(self, d: dict):
+        "Restore from `state_dict()` output, in place."
+        for k in self._tensors:
+            cur = getattr(self, k); cur.copy_(torch.tensor(d[k], dtype=cur.dtype, device=cur.device))
+        self.step = int(d['step']); return self
 
 # %% ../nbs/03_gates.ipynb #e377884e
+_INSTALLED = weakref.WeakKeyDictionary()   # model -> its installed HeadGates (the model itself is not touched)
+
 class HeadGates:
     "Per-head gates `[layers, heads]` on the input of every attention output projection, installed as hooks."
     def __init__(self, model, gates: torch.Tensor | None = None, learnable: bool = False, record_stats: bool = False):
@@ -27,14 +78,19 @@ class HeadGates:
         init = init.to(device=device, dtype=torch.float32)
         self.gates = nn.Parameter(init) if learnable else init   # [layers, heads]
         self.learnable = learnable
+        self.state = HeadState.fresh(self.n_layers, self.n_heads, device)   # [layers, heads] records
         self._gate_handles, self._stat_handles = [], []
         self._recording, self._query_mask = record_stats, None
         self.reset_stats()
 
     # --- the gate --------------------------------------------------------------------------------------
     def gate_values(self, layer: int) -> torch.Tensor:
-        "The multipliers applied to `layer`'s heads, `[heads]` (read on every forward)."
-        return self.gates[layer]
+        "The multipliers applied to `layer`'s heads, `[heads]` (read on every forward): gate * active * ramp."
+        return self.gates[layer] * self.state.multiplier()[layer]
+
+    def set_step(self, step: int):
+        "Tell the head state the current optimizer step (drives ramps and LR boosts of grown heads)."
+        self.state.step = int(step)
 
     def _gate_hook(self, layer):
         def hook(module, args):
@@ -49,12 +105,14 @@ class HeadGates:
         "Register the hooks (idempotent)."
         if not self._gate_handles:
             self._gate_handles = [m.register_forward_pre_hook(self._gate_hook(l)) for l, m in enumerate(out_projs(self.model))]
+            _INSTALLED[self.model] = self
         if self._recording and not self._stat_handles: self._install_stat_hooks()
         return self
 
     def remove(self) -> None:
         "Remove every hook; the model is exactly as before."
         for h in self._gate_handles + self._stat_handles: h.remove()
+        if _INSTALLED.get(self.model) is self: del _INSTALLED[self.model]
         self._gate_handles, self._stat_handles, self._query_mask = [], [], None
 
     def reset_stats(self):
@@ -68,8 +126,15 @@ class HeadGates:
     def __enter__(self): return self.install()
     def __exit__(self, *exc): self.remove()
     def parameters(self): return [self.gates] if isinstance(self.gates, nn.Parameter) else []
+    @staticmethod
+    def of(model) -> 'HeadGates':
+        "The `HeadGates` installed on `model`; raises if there is none."
+        if isinstance(model, HeadGates): return model
+        if model not in _INSTALLED: raise ValueError("no HeadGates installed on this model: use `with HeadGates(model) as g:` or `.install()`")
+        return _INSTALLED[model]
+
     def __repr__(self):
-        off = int((self.gates.detach() == 0).sum())
+        off = int((self.gates.detach() * self.state.multiplier() == 0).sum())
         return f"HeadGates({self.n_layers}x{self.n_heads}, {off} off, learnable={self.learnable}, installed={self.installed})"
 
 # %% ../nbs/03_gates.ipynb #f65ed37f
@@ -141,3 +206,36 @@ def recording(self, reset: bool = True):
 
 HeadGates._record_norm, HeadGates._install_stat_hooks = _record_norm, _install_stat_hooks
 HeadGates.stats, HeadGates.recording = stats, recording
+
+# %% ../nbs/03_gates.ipynb
+class HeadUpdateScaler:
+    "Hook `optimizer.step` so each head's parameter update is scaled by `gates.state.update_scale()`."
+    def __init__(self, gates: 'HeadGates', optimizer: torch.optim.Optimizer):
+        self.gates, self.optimizer, self._saved = gates, optimizer, []
+        self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
+
+    def _slices(self):
+        "`(HeadSlice, scale)` for every head slice whose update scale is not 1 (kv slices deduplicated)."
+        from sentinel_nb.models import head_weight_slices
+        scale = self.gates.state.update_scale()                       # [layers, heads]
+        g = self.gates; rep = g.n_heads // g.n_kv_heads
+        kv_scale = scale.view(g.n_layers, g.n_kv_heads, rep).amax(-1)  # [layers, kv_heads]
+        out, seen = [], set()
+        for l, h in (scale != 1).nonzero().tolist() + (kv_scale != 1).nonzero().mul(torch.tensor([1, rep])).tolist():
+            for name, s in head_weight_slices(g.model, l, h).parts.items():
+                sc = float(kv_scale[l, h // rep]) if name[0] in 'kv' else float(scale[l, h])
+                key = (id(s.param), s.dim, s.start)
+                if sc != 1 and key not in seen: seen.add(key); out.append((s, sc))
+        return out
+
+    def _before(self, optimizer, args, kwargs):
+        self._saved = [(s, sc, s.of().clone()) for s, sc in self._slices()]
+
+    @torch.no_grad()
+    def _after(self, optimizer, args, kwargs):
+        for s, sc, old in self._saved:
+            new = s.of(); new.copy_(old + sc * (new - old))
+        self._saved = []
+
+    def remove(self):
+        for h in self._handles: h.remove()
