@@ -14,7 +14,7 @@ from .models import get_adapter, attention_modules, out_projs, head_counts
 # %% auto #0
 __all__ = ['HeadState', 'HeadGates', 'zero_head_by_hand', 'stats', 'recording', 'HeadUpdateScaler']
 
-# %% ../nbs/03_gates.ipynb
+# %% ../nbs/03_gates.ipynb #e5f539ea
 @dataclass
 class HeadState:
     "Every head's state, each field `[layers, heads]`: the one source of truth for pruning, growth and training."
@@ -207,7 +207,7 @@ def recording(self, reset: bool = True):
 HeadGates._record_norm, HeadGates._install_stat_hooks = _record_norm, _install_stat_hooks
 HeadGates.stats, HeadGates.recording = stats, recording
 
-# %% ../nbs/03_gates.ipynb
+# %% ../nbs/03_gates.ipynb #277d8663
 class HeadUpdateScaler:
     "Hook `optimizer.step` so each head's parameter update is scaled by `gates.state.update_scale()`."
     def __init__(self, gates: 'HeadGates', optimizer: torch.optim.Optimizer):

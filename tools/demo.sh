@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
-sentinel eval --model sentinel-tiny --corpus shakespeare --split test "$@"
+sentinel run --model sentinel-tiny --corpus shakespeare --cycles 2 --out runs/demo "$@"

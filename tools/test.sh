@@ -10,8 +10,8 @@ bash tools/install.sh
 echo "== 1. notebooks, package and README in sync"
 snapshot() { git status --porcelain --untracked-files=all -- nbs sentinel_nb README.md; git diff -- nbs sentinel_nb README.md; }
 before=$(snapshot | md5sum)
-nbdev_export
 nbdev_clean
+nbdev_export
 python3 tools/readme.py
 after=$(snapshot | md5sum)
 if [ "$before" != "$after" ]; then
@@ -25,7 +25,8 @@ echo "in sync"
 echo "== 2. notebooks as tests"
 flags=""; marker="not slow"
 if [ "${SENTINEL_SLOW:-0}" = "1" ]; then flags="--flags slow"; marker=""; fi
-nbdev_test --n_workers "${SENTINEL_NB_WORKERS:-2}" --timing $flags
+# two notebooks at a time, one torch thread each: two threads each would oversubscribe the two cores
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} nbdev_test --n_workers "${SENTINEL_NB_WORKERS:-2}" --timing $flags
 
 echo "== 3. pytest"
 python3 -m pytest tests -q -m "$marker" -p no:cacheprovider
