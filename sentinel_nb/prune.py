@@ -68,7 +68,7 @@ def prunable_count(model_or_gates, min_heads_per_layer: int = 1, protected=None)
     return int(torch.minimum(candidates.sum(1), room).sum())
 
 # %% ../nbs/06_prune.ipynb #2481a922
-def prune_heads(model_or_gates, scores, level: float | None = None, count: int | None = None, strategy: str = 'gradient',
+def prune_heads(model_or_gates, scores, level: float | None = None, count: int | None = None, strategy: str = 'combined',
                 min_heads_per_layer: int = 1, max_per_cycle: int | None = None, protected=None) -> PruneResult:
     "Soft-prune the weakest active, unprotected heads by `strategy`: `level` of the active heads or `count` of them."
     g = HeadGates.of(model_or_gates)
