@@ -10,7 +10,7 @@ import torch
 from .models import head_counts, head_weight_slices
 from .gates import HeadGates
 from .prune import pruned_heads   # the slots growth can fill
-from .metrics import forward_logits, shifted_nll, batch_labels, eval_mode, model_device
+from .metrics import forward_logits, batch_nll, eval_mode, model_device
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'INITS', 'init_head', 'gradient_scores', 'entropy_gap_scores', 'balanced_scores', 'random_slot_scores',
@@ -63,9 +63,7 @@ def init_head(model, layer: int, head: int, init: str = 'fresh', source: int | N
 
 # %% ../nbs/07_grow.ipynb #4d6b399b
 def _loss(model, batch, device) -> torch.Tensor:
-    ids = batch['input_ids'].to(device); mask = batch.get('attention_mask')
-    mask = mask.to(device) if mask is not None else None
-    nll, keep = shifted_nll(forward_logits(model, ids, mask), batch_labels(batch).to(device), mask)
+    nll, keep, _ = batch_nll(model, batch, device)
     return nll.sum() / keep.sum().clamp(min=1)
 
 def _need_batches(batches, strategy):

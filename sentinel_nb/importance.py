@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import torch
 from .models import head_counts, head_weight_slices
 from .gates import HeadGates
-from .metrics import model_device, forward_logits, shifted_nll, batch_labels
+from .metrics import model_device, batch_nll
 
 # %% auto #0
 __all__ = ['METHODS', 'gates_for', 'magnitude_scores', 'random_scores', 'normalized_rank', 'combine_scores', 'head_importance']
@@ -32,9 +32,7 @@ def _gate_pass(g: HeadGates, batches, max_batches: int, entropy: bool, gradient:
         with (g.recording() if entropy else nullcontext()), torch.set_grad_enabled(gradient):
             for i, batch in enumerate(batches):
                 if i >= max_batches: break
-                ids, mask = batch['input_ids'].to(device), batch.get('attention_mask')
-                mask = mask.to(device) if mask is not None else None
-                nll, keep = shifted_nll(forward_logits(model, ids, mask), batch_labels(batch).to(device), mask)
+                nll, keep, _ = batch_nll(model, batch, device)
                 if gradient:
                     (grad,) = torch.autograd.grad(nll.sum() / keep.sum().clamp(min=1), [gates])  # mean token NLL
                     grad_sum += grad.detach().abs()

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['model_device', 'eval_mode', 'forward_logits', 'shifted_nll', 'batch_labels', 'nll_and_count', 'perplexity',
-           'sliding_window_nll', 'sliding_window_perplexity', 'generate_samples', 'words', 'ngrams',
+__all__ = ['model_device', 'eval_mode', 'forward_logits', 'shifted_nll', 'batch_labels', 'batch_nll', 'nll_and_count',
+           'perplexity', 'sliding_window_nll', 'sliding_window_perplexity', 'generate_samples', 'words', 'ngrams',
            'degeneration_metrics', 'induction_batch', 'induction_score', 'evaluate']
 
 # %% ../nbs/04_metrics.ipynb #738792cb
@@ -69,6 +69,16 @@ def batch_labels(batch: dict) -> torch.Tensor:
     return labels
 
 # %% ../nbs/04_metrics.ipynb #2f78b4bd
+def batch_nll(model, batch: dict, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "Per-token NLL and scored mask `[batch, pos-1]`, and the logits `[batch, pos, vocab]`, for one batch dict."
+    device = torch.device(device) if device is not None else model_device(model)
+    ids = batch['input_ids'].to(device)
+    mask = batch.get('attention_mask')
+    mask = mask.to(device) if mask is not None else None
+    logits = forward_logits(model, ids, mask)
+    nll, keep = shifted_nll(logits, batch_labels(batch).to(device), mask)
+    return nll, keep, logits
+
 def nll_and_count(model, batches: Iterable[dict], device=None, max_batches: int | None = None) -> tuple[float, int]:
     "Sum of token NLL and number of predicted tokens over `batches` (dicts of `[batch, pos]` tensors)."
     device = torch.device(device) if device is not None else model_device(model)
@@ -76,10 +86,7 @@ def nll_and_count(model, batches: Iterable[dict], device=None, max_batches: int 
     with eval_mode(model), torch.no_grad():
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches: break
-            ids = batch['input_ids'].to(device)
-            mask = batch.get('attention_mask')
-            mask = mask.to(device) if mask is not None else None
-            nll, keep = shifted_nll(forward_logits(model, ids, mask), batch_labels(batch).to(device), mask)
+            nll, keep, _ = batch_nll(model, batch, device)
             total += nll.sum(dtype=torch.float64); count += int(keep.sum())
     return float(total), count
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from .core import seed_everything
 from .gates import HeadGates, HeadUpdateScaler
-from .metrics import forward_logits, shifted_nll, batch_labels, nll_and_count, model_device
+from .metrics import forward_logits, batch_nll, batch_labels, nll_and_count, model_device
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'lr_factor', 'lm_loss_sum', 'FineTuner']
@@ -31,13 +31,11 @@ def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = 'cosine') 
 def lm_loss_sum(model, batch: dict, teacher=None, alpha: float = 0.5, temperature: float = 2.0, device=None
                 ) -> tuple[torch.Tensor, int]:
     "Summed per-token loss over real tokens (CE, or CE/KL mix with a `teacher`) and the number of tokens."
-    device = device or model_device(model)
-    ids = batch['input_ids'].to(device)                                  # [batch, pos]
-    mask = batch.get('attention_mask'); mask = mask.to(device) if mask is not None else None
-    logits = forward_logits(model, ids, mask)                            # [batch, pos, vocab]
-    nll, keep = shifted_nll(logits, batch_labels(batch).to(device), mask)  # [batch, pos-1] each
+    nll, keep, logits = batch_nll(model, batch, device)                 # [batch, pos-1] x2, [batch, pos, vocab]
     n = int(keep.sum())
     if teacher is None: return nll.sum(), n
+    ids, mask = batch['input_ids'].to(logits.device), batch.get('attention_mask')
+    mask = mask.to(logits.device) if mask is not None else None
     with torch.no_grad(): t_logits = forward_logits(teacher, ids, mask)[:, :-1][keep].float()  # [tokens, vocab]
     s_logp = F.log_softmax(logits[:, :-1][keep].float() / temperature, -1)
     kl = F.kl_div(s_logp, F.log_softmax(t_logits / temperature, -1), log_target=True, reduction='sum')
