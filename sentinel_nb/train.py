@@ -189,17 +189,20 @@ FineTuner._one_step = _one_step
 
 # %% ../nbs/08_train.ipynb #56bb5c80
 def _train(self: FineTuner, loader, steps: int, eval_loader=None, eval_every: int | None = None, eval_batches: int = 4,
-          on_step=None, should_stop=None, total_steps: int | None = None) -> dict:
+          on_step=None, should_stop=None, total_steps: int | None = None, restore_best: bool = True) -> dict:
     "Train for `steps` optimizer steps; returns `history` (per step), `evals`, `stopped` (why) and counters."
     if steps < 0: raise ValueError(f"steps must be >= 0, got {steps}")
     if eval_every is not None and eval_every < 1: raise ValueError(f"eval_every must be >= 1, got {eval_every}")
     if isinstance(loader, torch.utils.data.DataLoader): loader = self.accelerator.prepare(loader)
     self.total_steps = total_steps or max(self.total_steps or 0, self.step + steps)
-    history, evals, stopped, skips = [], [], 'steps', 0
+    history, evals, stopped, skips, best_state = [], [], 'steps', 0, [None]
     was_training = self.raw_model.training
     def do_eval():
         ppl = self.evaluate(eval_loader, eval_batches)
-        if ppl < self.best - self.min_delta: self.best, self.bad_evals = ppl, 0
+        if ppl < self.best - self.min_delta:
+            self.best, self.bad_evals = ppl, 0
+            # keep the best weights (on the CPU) so an early stop can go back to them
+            if restore_best and self.patience: best_state[0] = {k: v.detach().to('cpu', copy=True) for k, v in self.raw_model.state_dict().items()}
         else: self.bad_evals += 1
         evals.append({'step': self.step, 'perplexity': ppl})
     try:
@@ -214,7 +217,10 @@ def _train(self: FineTuner, loader, steps: int, eval_loader=None, eval_every: in
             if skips >= 10: stopped = 'nonfinite'; break
             if eval_loader is not None and eval_every and self.step % eval_every == 0 and self.step < end:
                 do_eval()
-                if self.patience and self.bad_evals >= self.patience: stopped = 'early_stop'; break
+                if self.patience and self.bad_evals >= self.patience:
+                    stopped = 'early_stop'
+                    if best_state[0] is not None: self.raw_model.load_state_dict(best_state[0])   # back to the best evaluation
+                    break
         if eval_loader is not None and stopped == 'steps' and (not evals or evals[-1]['step'] != self.step): do_eval()
     finally:
         self.raw_model.train(was_training)
