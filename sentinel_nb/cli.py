@@ -44,12 +44,13 @@ def compare_pruning(model: str = 'sentinel-tiny', corpus: str = 'shakespeare', l
     from sentinel_nb.prune import prune_heads, restore_heads
     from sentinel_nb.train import FineTuner
     from sentinel_nb.metrics import perplexity
+    from sentinel_nb.cycle import _take
     say = log or (lambda s: None)
     seed_everything(seed)
     m, tok = load_model(model, device=device)
     dls = get_dataloaders(load_corpus(corpus), tok, block_size=block_size, batch_size=batch_size, seed=seed)
-    test = [b for i, b in zip(range(math.ceil(eval_blocks / batch_size)), dls['test'])]
-    val = [b for i, b in zip(range(score_batches), dls['validation'])]
+    test = _take(dls['test'], math.ceil(eval_blocks / batch_size))   # first blocks: Hamlet
+    val = _take(dls['validation'], score_batches)
     n_tokens = sum(int(b['input_ids'][:, 1:].numel()) for b in test)
     rows, t0 = [], time.perf_counter()
     with HeadGates(m) as g:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_cycle.ipynb #c4e5eec4
 from __future__ import annotations
-import math, threading, time
+import itertools, math, threading, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Callable
@@ -106,11 +106,8 @@ def _loader(base: DataLoader, seed: int, shuffle: bool = True) -> DataLoader:
                       generator=torch.Generator().manual_seed(seed))
 
 def _take(loader: DataLoader, n: int) -> list[dict]:
-    out = []
-    for b in loader:
-        if len(out) >= n: break
-        out.append(b)
-    return out
+    "The first `n` batches of `loader`."
+    return list(itertools.islice(loader, n))
 
 def _metrics(res: dict) -> dict:
     return {k: v for k, v in res.items() if isinstance(v, (int, float)) and k != 'samples'}

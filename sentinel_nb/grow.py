@@ -10,6 +10,7 @@ import torch
 from .models import head_counts, head_weight_slices
 from .gates import HeadGates
 from .prune import pruned_heads   # the slots growth can fill
+from .importance import random_scores
 from .metrics import forward_logits, batch_nll, eval_mode, model_device
 
 # %% auto #0
@@ -139,7 +140,7 @@ def balanced_scores(g: HeadGates, cands) -> torch.Tensor:
     return out
 
 def random_slot_scores(g: HeadGates, cands, seed=0) -> torch.Tensor:
-    r = torch.rand(g.state.active.shape, generator=torch.Generator().manual_seed(seed))
+    r = random_scores(g.n_layers, g.n_heads, seed)                   # the importance module's seeded baseline
     out = torch.full_like(r, float('nan'))
     for l, h in cands: out[l, h] = r[l, h]
     return out
