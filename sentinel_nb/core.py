@@ -5,12 +5,14 @@
 # %% ../nbs/00_core.ipynb #8662a89c
 from __future__ import annotations
 import importlib.util, os, random, sys
+from contextlib import nullcontext
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['in_colab', 'get_device', 'default_dtype', 'seed_everything', 'data_dir', 'cache_dir']
+__all__ = ['MIXED_PRECISION', 'in_colab', 'get_device', 'default_dtype', 'mixed_precision_for', 'autocast', 'seed_everything',
+           'data_dir', 'cache_dir']
 
 # %% ../nbs/00_core.ipynb #6e271f1d
 def in_colab() -> bool:
@@ -26,12 +28,45 @@ def get_device(prefer: str | None = None) -> torch.device:
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
 
+def _native_bf16(device: torch.device) -> bool:
+    "True on a GPU with bf16 arithmetic (Ampere+, ROCm); a T4 only emulates it, which `is_bf16_supported()` counts."
+    if torch.version.hip: return True
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+
 def default_dtype(device: torch.device | str) -> torch.dtype:
-    "Compute dtype for `device`: bf16 where the GPU supports it, fp16 on older GPUs (T4), else fp32."
+    "Inference dtype for `device`: bf16 on GPUs with native bf16, fp16 on older GPUs (T4), else fp32. Training keeps fp32."
     device = torch.device(device)
-    if device.type == 'cuda':
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == 'cuda': return torch.bfloat16 if _native_bf16(device) else torch.float16
     return torch.float32
+
+# %% ../nbs/00_core.ipynb #44e4390d
+MIXED_PRECISION = ('no', 'fp16', 'bf16')
+_MP_DTYPE = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+def _check_mixed_precision(device: torch.device, mixed_precision: str) -> str:
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}")
+    if mixed_precision != 'no' and not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"torch has no autocast on {device.type!r}: use mixed_precision='no' there")
+    if mixed_precision == 'bf16' and device.type == 'cuda' and not _native_bf16(device):
+        raise ValueError(f"{device} has no native bf16 (a T4 or older): use mixed_precision='fp16' (with its gradient scaler)")
+    return mixed_precision
+
+def mixed_precision_for(device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    "Mixed precision to train in on `device`: `dtype`'s name if given, else 'bf16' on bf16 GPUs, 'fp16' on a T4, 'no' on CPU/MPS."
+    device = torch.device(device)
+    if dtype is not None:
+        names = {torch.float32: 'no', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
+        if dtype not in names: raise ValueError(f"no mixed precision for {dtype}: pass torch.float32, torch.float16 or torch.bfloat16")
+        return _check_mixed_precision(device, names[dtype])
+    if device.type == 'cuda': return 'bf16' if _native_bf16(device) else 'fp16'
+    return 'no'
+
+def autocast(device: torch.device | str, mixed_precision: str = 'no'):
+    "Context manager: `torch.autocast` to fp16/bf16 on `device`'s type, or a no-op for 'no'."
+    device = torch.device(device)
+    if _check_mixed_precision(device, mixed_precision) == 'no': return nullcontext()
+    return torch.autocast(device.type, dtype=_MP_DTYPE[mixed_precision])
 
 # %% ../nbs/00_core.ipynb #ed51e26c
 def seed_everything(seed: int = 0) -> int:

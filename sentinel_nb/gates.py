@@ -6,10 +6,10 @@
 from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
-import weakref
+import warnings, weakref
 import torch
 from torch import nn
-from .models import get_adapter, attention_modules, out_projs, head_counts
+from .models import get_adapter, attention_modules, out_projs, head_counts, head_weight_slices
 
 # %% auto #0
 __all__ = ['HeadState', 'HeadGates', 'zero_head_by_hand', 'stats', 'recording', 'HeadUpdateScaler']
@@ -50,6 +50,15 @@ class HeadState:
         boost = torch.where((self.grown_at >= 0) & (self.boost_steps > 0), 1 + (self.lr_boost - 1) * frac, torch.ones_like(frac))
         return torch.where(self.active, boost, torch.zeros_like(boost))
 
+    def kv_update_scale(self, n_kv_heads: int) -> torch.Tensor:
+        "Update multiplier of each shared key/value head `[layers, kv_heads]` (grouped-query attention)."
+        L, H = self.active.shape; rep = H // n_kv_heads
+        scale = self.update_scale().view(L, n_kv_heads, rep)              # [layers, kv_heads, group]
+        active, grown = self.active.view(L, n_kv_heads, rep), (self.grown_at >= 0).view(L, n_kv_heads, rep)
+        boost = torch.where(active, scale, torch.full_like(scale, torch.inf)).amin(-1)   # the smallest active boost
+        # 0 only when no query head reads it; boosted only when every reader is grown (an old reader keeps it at 1)
+        return torch.where(~active.any(-1), 0., torch.where((grown | ~active).all(-1), boost, 1.))
+
     _tensors = ('active', 'protected', 'grown_at', 'ramp_steps', 'lr_boost', 'boost_steps')
     def state_dict(self) -> dict:
         "Plain-Python copy (JSON-ready lists) for logs and checkpoints."
@@ -62,7 +71,22 @@ class HeadState:
         self.step = int(d['step']); return self
 
 # %% ../nbs/03_gates.ipynb #e377884e
-_INSTALLED = weakref.WeakKeyDictionary()   # model -> its installed HeadGates (the model itself is not touched)
+_INSTALLED = weakref.WeakKeyDictionary()   # model -> weakref to its installed HeadGates (the model itself is not touched)
+_OWNER = '_sentinel_head_gates'            # attribute of every hook function: weakref to the HeadGates that registered it
+
+def _owned(fn, gates):
+    "Tag hook `fn` as registered by `gates` (so a later `install` can find it on the model, registry or not)."
+    setattr(fn, _OWNER, weakref.ref(gates)); return fn
+
+def _hook_owners(model) -> dict:
+    "`{owner: [(module, key)]}` of every HeadGates hook on `model`'s modules (a deep copy of a model carries them too)."
+    found = {}
+    for mod in model.modules():
+        for hooks in (mod._forward_pre_hooks, mod._forward_hooks):
+            for key, fn in hooks.items():
+                ref = getattr(fn, _OWNER, None)
+                if ref is not None: found.setdefault(ref(), []).append((mod, key))
+    return found
 
 class HeadGates:
     "Per-head gates `[layers, heads]` on the input of every attention output projection, installed as hooks."
@@ -99,20 +123,35 @@ class HeadGates:
             if self._recording: self._record_norm(layer, z_heads)
             g = self.gate_values(layer).to(device=z.device, dtype=z.dtype)  # [head]
             return ((z_heads * g[:, None]).view(z.shape),) + tuple(args[1:])
-        return hook
+        return _owned(hook, self)   # the closure holds `self`: hooks on the model keep this object alive
 
     def install(self) -> 'HeadGates':
-        "Register the hooks (idempotent)."
+        "Register the hooks (idempotent); gates already on the model (a re-run cell) are removed first, with a warning."
         if not self._gate_handles:
+            self._drop_other_gates()
             self._gate_handles = [m.register_forward_pre_hook(self._gate_hook(l)) for l, m in enumerate(out_projs(self.model))]
-            _INSTALLED[self.model] = self
+            _INSTALLED[self.model] = weakref.ref(self)
         if self._recording and not self._stat_handles: self._install_stat_hooks()
         return self
+
+    def _drop_other_gates(self):
+        "Remove every other HeadGates' hooks from this model, warning that its gates and pruned heads are gone."
+        for owner, where in _hook_owners(self.model).items():
+            if owner is self: continue
+            if owner is not None and owner.model is self.model: owner.remove()   # it now reports installed=False
+            else:                                 # hooks copied along with the model (copy.deepcopy of a gated model)
+                for mod, key in where:
+                    for d in (mod._forward_pre_hooks, mod._forward_hooks, mod._forward_pre_hooks_with_kwargs,
+                              mod._forward_hooks_with_kwargs, mod._forward_hooks_always_called): d.pop(key, None)
+            n_off = int((~owner.state.active).sum()) if owner is not None else 0
+            warnings.warn(f"this model already had HeadGates installed (a re-run cell?): those gates and their {n_off} pruned "
+                          "heads were dropped, and the new HeadGates starts with every head active", stacklevel=3)
 
     def remove(self) -> None:
         "Remove every hook; the model is exactly as before."
         for h in self._gate_handles + self._stat_handles: h.remove()
-        if _INSTALLED.get(self.model) is self: del _INSTALLED[self.model]
+        ref = _INSTALLED.get(self.model)
+        if ref is not None and ref() is self: del _INSTALLED[self.model]
         self._gate_handles, self._stat_handles, self._query_mask = [], [], None
 
     def reset_stats(self):
@@ -130,8 +169,10 @@ class HeadGates:
     def of(model) -> 'HeadGates':
         "The `HeadGates` installed on `model`; raises if there is none."
         if isinstance(model, HeadGates): return model
-        if model not in _INSTALLED: raise ValueError("no HeadGates installed on this model: use `with HeadGates(model) as g:` or `.install()`")
-        return _INSTALLED[model]
+        ref = _INSTALLED.get(model)
+        gates = ref() if ref is not None else None
+        if gates is None: raise ValueError("no HeadGates installed on this model: use `with HeadGates(model) as g:` or `.install()`")
+        return gates
 
     def __repr__(self):
         off = int((self.gates.detach() * self.state.multiplier() == 0).sum())
@@ -182,8 +223,8 @@ def _record_norm(self, layer, z_heads):
         self._counts['output_norm'][layer] += real.sum().item()
 
 def _install_stat_hooks(self):
-    self._stat_handles = [self.model.register_forward_pre_hook(_mask_capture_hook(self), with_kwargs=True)]
-    self._stat_handles += [a.register_forward_hook(_attn_hook(self, l)) for l, a in enumerate(attention_modules(self.model))]
+    self._stat_handles = [self.model.register_forward_pre_hook(_owned(_mask_capture_hook(self), self), with_kwargs=True)]
+    self._stat_handles += [a.register_forward_hook(_owned(_attn_hook(self, l), self)) for l, a in enumerate(attention_modules(self.model))]
 
 def stats(self) -> dict[str, torch.Tensor]:
     "Mean `entropy` (nats) and `output_norm` per head, and the number of real query `tokens` seen, each `[layers, heads]`."
@@ -214,18 +255,19 @@ class HeadUpdateScaler:
         self.gates, self.optimizer, self._saved = gates, optimizer, []
         self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
 
-    def _slices(self):
-        "`(HeadSlice, scale)` for every head slice whose update scale is not 1 (kv slices deduplicated)."
-        from sentinel_nb.models import head_weight_slices
-        scale = self.gates.state.update_scale()                       # [layers, heads]
+    def _slices(self) -> list:
+        "`(HeadSlice, scale)` for every head slice whose update scale is not 1: q/o per query head, k/v per kv head."
         g = self.gates; rep = g.n_heads // g.n_kv_heads
-        kv_scale = scale.view(g.n_layers, g.n_kv_heads, rep).amax(-1)  # [layers, kv_heads]
-        out, seen = [], set()
-        for l, h in (scale != 1).nonzero().tolist() + (kv_scale != 1).nonzero().mul(torch.tensor([1, rep])).tolist():
-            for name, s in head_weight_slices(g.model, l, h).parts.items():
-                sc = float(kv_scale[l, h // rep]) if name[0] in 'kv' else float(scale[l, h])
-                key = (id(s.param), s.dim, s.start)
-                if sc != 1 and key not in seen: seen.add(key); out.append((s, sc))
+        scale, kv_scale = g.state.update_scale().tolist(), g.state.kv_update_scale(g.n_kv_heads).tolist()
+        out = []
+        for l in range(g.n_layers):
+            for h in range(g.n_heads):
+                q_sc = scale[l][h]
+                kv_sc = kv_scale[l][h // rep] if h % rep == 0 else 1.   # each shared k/v once, via its group's first head
+                if q_sc == 1 and kv_sc == 1: continue
+                for name, s in head_weight_slices(g.model, l, h).parts.items():
+                    sc = kv_sc if name[0] in 'kv' else q_sc
+                    if sc != 1: out.append((s, sc))
         return out
 
     def _before(self, optimizer, args, kwargs):
@@ -234,8 +276,15 @@ class HeadUpdateScaler:
     @torch.no_grad()
     def _after(self, optimizer, args, kwargs):
         for s, sc, old in self._saved:
-            new = s.of(); new.copy_(old + sc * (new - old))
+            new = s.of()
+            if sc == 0: new.copy_(old); self._clear_state(s)   # frozen exactly, and no stale moments for a regrowth
+            else: new.copy_(old + sc * (new - old))
         self._saved = []
+
+    def _clear_state(self, s):
+        "Zero the optimizer's per-element state on slice `s` (Adam's exp_avg, exp_avg_sq, max_exp_avg_sq, ...)."
+        for v in self.optimizer.state.get(s.param, {}).values():
+            if torch.is_tensor(v) and v.shape == s.param.shape: s.of(v).zero_()
 
     def remove(self):
         for h in self._handles: h.remove()

@@ -9,7 +9,7 @@ from collections import deque
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from .core import seed_everything
+from .core import seed_everything, autocast
 from .gates import HeadGates, HeadUpdateScaler
 from .metrics import forward_logits, batch_nll, batch_labels, nll_and_count, model_device
 
@@ -48,13 +48,28 @@ def _installed_gates(model):
 
 def _finite(x) -> bool: return bool(torch.isfinite(torch.as_tensor(x)).all())
 
+def _check_precision(model, mixed_precision: str, accelerator):
+    "Raise (before any work) on half-precision trainable weights or a clash with accelerate's own mixed precision."
+    autocast(accelerator.device if accelerator is not None else model_device(model), mixed_precision)  # validates it
+    half = sorted({str(p.dtype).removeprefix('torch.') for p in model.parameters()
+                   if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)})
+    if half:
+        raise ValueError(f"the model's trainable weights are {'/'.join(half)}: optimizer steps on half-precision weights break "
+                         "(fp16: NaN on the first AdamW step; bf16: small updates round away). Load the model in float32 "
+                         "(`load_model(..., dtype=torch.float32)` or `model.float()`) and pass `mixed_precision='fp16'` "
+                         "or `'bf16'`: the forward pass then runs in half precision over fp32 master weights")
+    acc_mp = getattr(accelerator, 'mixed_precision', 'no') if accelerator is not None else 'no'
+    if acc_mp != 'no':
+        raise ValueError(f"the Accelerator does its own mixed precision ({acc_mp!r}): create it with mixed_precision='no' "
+                         f"(no `accelerate launch --mixed_precision`) and pass FineTuner(..., mixed_precision={acc_mp!r})")
+
 class FineTuner:
     "Fine-tune a causal LM with AdamW, a schedule, stability guards, accumulation, early stopping and head-aware updates."
     def __init__(self, model, gates=None, lr: float = 3e-4, weight_decay: float = 0.01, stability_level: int = 1,
                  warmup_steps: int = 20, grad_accum: int = 1, max_grad_norm: float | None = 1.0, schedule: str = 'cosine',
                  patience: int | None = None, min_delta: float = 0.0, spike_factor: float = 3.0, distill_from=None,
                  distill_alpha: float = 0.5, distill_temperature: float = 2.0, accelerator: Accelerator | None = None,
-                 seed: int = 0, snapshot_every: int = 10, spike_window: int = 20):
+                 seed: int = 0, snapshot_every: int = 10, spike_window: int = 20, mixed_precision: str = 'no'):
         if stability_level not in (0, 1, 2): raise ValueError(f"stability_level must be 0, 1 or 2, got {stability_level}")
         if schedule not in SCHEDULES: raise ValueError(f"unknown schedule {schedule!r}; choose from {SCHEDULES}")
         if grad_accum < 1: raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
@@ -62,6 +77,7 @@ class FineTuner:
         if not 0 <= distill_alpha <= 1: raise ValueError(f"distill_alpha must be in [0, 1], got {distill_alpha}")
         if patience is not None and patience < 1: raise ValueError(f"patience must be >= 1, got {patience}")
         if spike_factor <= 1: raise ValueError(f"spike_factor must be > 1, got {spike_factor}")
+        _check_precision(model, mixed_precision, accelerator)
         seed_everything(seed)
         self.gates = HeadGates.of(gates) if gates is not None else _installed_gates(model)
         self.lr, self.weight_decay, self.level, self.warmup = lr, weight_decay, stability_level, warmup_steps
@@ -69,6 +85,10 @@ class FineTuner:
         self.min_delta, self.spike_factor, self.snapshot_every = min_delta, spike_factor, snapshot_every
         self.alpha, self.temperature = distill_alpha, distill_temperature
         self.accelerator = accelerator or Accelerator(cpu=model_device(model).type == 'cpu')
+        _check_precision(model, mixed_precision, self.accelerator)   # $ACCELERATE_MIXED_PRECISION reaches a new one
+        self.mixed_precision = mixed_precision
+        # fp16 gradients underflow: scale the loss up, unscale before clipping, skip steps that overflow (calibration)
+        self.grad_scaler = torch.amp.GradScaler(self.accelerator.device.type, enabled=mixed_precision == 'fp16')
         decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]   # no decay on biases and norms
         no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
         opt = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.}], lr=lr)
@@ -91,13 +111,15 @@ class FineTuner:
         return self.lr * self.lr_scale * lr_factor(self.step, self.total_steps or self.step + 1, warm, self.schedule)
 
     def state_dict(self) -> dict:
-        "Optimizer, schedule and step counters, to resume a run (weights are saved separately)."
-        return {'optimizer': self.optimizer.state_dict(), 'step': self.step, 'gate_step0': self.gate_step0,
+        "Optimizer, gradient scaler, schedule and step counters, to resume a run (weights are saved separately)."
+        return {'optimizer': self.optimizer.state_dict(), 'grad_scaler': self.grad_scaler.state_dict(),
+                'mixed_precision': self.mixed_precision, 'step': self.step, 'gate_step0': self.gate_step0,
                 'scheduler': {'lr_scale': self.lr_scale, 'total_steps': self.total_steps},
                 'best': self.best, 'bad_evals': self.bad_evals, 'losses': list(self._losses)}
 
     def load_state_dict(self, d: dict):
         self.optimizer.load_state_dict(d['optimizer'])
+        if d.get('grad_scaler'): self.grad_scaler.load_state_dict(d['grad_scaler'])   # else a fresh scaler calibrates
         self.step, self.gate_step0 = d['step'], d['gate_step0']
         self.lr_scale, self.total_steps = d['scheduler']['lr_scale'], d['scheduler']['total_steps']
         self.best, self.bad_evals = d['best'], d['bad_evals']
@@ -122,7 +144,8 @@ class FineTuner:
     def evaluate(self, eval_loader, max_batches: int | None = 4) -> float:
         "Perplexity of the current model over `eval_loader` (first `max_batches`)."
         model = self.accelerator.unwrap_model(self.model)
-        total, count = nll_and_count(model, eval_loader, device=self.accelerator.device, max_batches=max_batches)
+        with autocast(self.accelerator.device, self.mixed_precision):   # the precision it is trained in
+            total, count = nll_and_count(model, eval_loader, device=self.accelerator.device, max_batches=max_batches)
         return math.exp(total / count) if count else float('nan')
 
 # %% ../nbs/08_train.ipynb #5ba2c525
@@ -149,7 +172,7 @@ def _grad_norm(params) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 def _one_step(self: FineTuner, batches) -> dict:
-    acc, model = self.accelerator, self.model
+    acc, model, scaler = self.accelerator, self.model, self.grad_scaler
     model.train()
     if self.gates is not None: self.gates.set_step(self.gate_step0 + self.step)   # ramps of grown heads
     lr = self.current_lr()
@@ -160,26 +183,32 @@ def _one_step(self: FineTuner, batches) -> dict:
     for i, b in enumerate(micro):
         sync = acc.no_sync(model) if i < len(micro) - 1 else _nullcontext()
         with sync:
-            loss_sum, _ = lm_loss_sum(model, b, self.teacher, self.alpha, self.temperature, acc.device)
-            acc.backward(loss_sum / n_tok)
+            with autocast(acc.device, self.mixed_precision):
+                loss_sum, _ = lm_loss_sum(model, b, self.teacher, self.alpha, self.temperature, acc.device)  # fp32 sum
+            acc.backward(scaler.scale(loss_sum / n_tok))                  # scaled up under fp16, unchanged otherwise
         total += loss_sum.detach().float()
     loss = float(acc.reduce(total / n_tok, reduction='mean'))
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.
+    scaler.unscale_(self.optimizer)                                        # true gradients before the norm and clipping
     params = [p for p in model.parameters() if p.requires_grad]
     if self.level >= 1 and self.max_grad_norm is not None: gn = acc.clip_grad_norm_(params, self.max_grad_norm)
     else: gn = _grad_norm(params)
     gn = float(gn)
-    skipped = self.level >= 1 and not (_finite(loss) and _finite(gn))
-    spike = (not skipped and self.level >= 2 and self._snapshot is not None and len(self._losses) >= 3
+    # fp16 overflow of a finite loss while the scale is still > 1: the scaler skips the step and halves its scale
+    overflow = scaler.is_enabled() and _finite(loss) and not _finite(gn) and scale > 1
+    skipped = self.level >= 1 and not overflow and not (_finite(loss) and _finite(gn))
+    spike = (not skipped and not overflow and self.level >= 2 and self._snapshot is not None and len(self._losses) >= 3
              and loss > self.spike_factor * sum(self._losses) / len(self._losses))
     if skipped: self.optimizer.zero_grad(set_to_none=True)
     elif spike: self.optimizer.zero_grad(set_to_none=True); self._rollback()
     else:
-        self.optimizer.step(); self.optimizer.zero_grad(set_to_none=True)
-        if _finite(loss): self._losses.append(loss)
+        scaler.step(self.optimizer); self.optimizer.zero_grad(set_to_none=True)   # a plain step unless fp16 overflowed
+        if _finite(loss) and not overflow: self._losses.append(loss)
+    scaler.update()                                                        # after every unscale_, stepped or not
     self.step += 1
-    if self.level >= 2 and not (skipped or spike) and self.step % self.snapshot_every == 0: self._take_snapshot()
+    if self.level >= 2 and not (skipped or spike or overflow) and self.step % self.snapshot_every == 0: self._take_snapshot()
     return {'step': self.step, 'loss': loss, 'lr': lr, 'grad_norm': gn, 'skipped': skipped, 'rolled_back': spike,
-            'tokens': n_tok}
+            'scaler_skipped': overflow, 'loss_scale': scale, 'tokens': n_tok}
 
 class _nullcontext:
     def __enter__(self): return None
