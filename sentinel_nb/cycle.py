@@ -4,54 +4,63 @@
 
 # %% ../nbs/10_cycle.ipynb #c4e5eec4
 from __future__ import annotations
-import itertools, math, threading, time
+import copy, hashlib, itertools, math, os, random, shutil, signal, sys, threading, time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Callable
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from .core import seed_everything
+from safetensors.torch import save_model as save_safetensors, load_model as load_safetensors
+from .core import seed_everything, autocast, mixed_precision_for
 from .gates import HeadGates
-from .metrics import evaluate
+from .models import head_counts
+from .metrics import evaluate, model_device
 from .importance import head_importance
-from .prune import prune_heads, prunable_count
-from .grow import grow_heads
-from .train import FineTuner
-from .log import Event, ExperimentLog, save_checkpoint, load_checkpoint
+from .prune import prune_heads, prunable_count, STRATEGIES as PRUNE_STRATEGIES
+from .grow import grow_heads, STRATEGIES as GROW_STRATEGIES, INITS as GROW_INITS
+from .train import FineTuner, _cycle
+from .log import (ExperimentLog, CheckpointError, RunFolderError, new_run_id, prepare_run_folder, write_run_info,
+                             read_run_info, run_info_differences, latest_checkpoint, save_checkpoint, load_checkpoint)
 
 # %% auto #0
-__all__ = ['DEFAULT_PROMPTS', 'smoothed', 'loss_slope', 'loss_plateaued', 'RunControl', 'PlasticityConfig', 'PlasticityRunner',
+__all__ = ['INTERRUPTED', 'DEFAULT_PROMPTS', 'MIXED_PRECISION_CHOICES', 'TRAINER_FILE', 'loss_improvement', 'loss_plateaued',
+           'RunControl', 'ctrl_c_stops', 'PlasticityConfig', 'data_fingerprint', 'dense_copy', 'PlasticityRunner',
            'run_plasticity']
 
 # %% ../nbs/10_cycle.ipynb #7f295181
-def smoothed(losses: list[float], beta: float = 0.9) -> list[float]:
-    "Bias-corrected exponential moving average of `losses`."
-    out, m = [], 0.
-    for i, l in enumerate(losses):
-        m = beta * m + (1 - beta) * l; out.append(m / (1 - beta ** (i + 1)))
-    return out
+def loss_improvement(losses: list[float], window: int = 20) -> dict:
+    "Drop of the mean loss from the previous `window` steps to the last `window`: `drop`, its standard error `se`, `relative` (per step)."
+    if window < 1 or len(losses) < 2 * window: return {'drop': float('nan'), 'se': float('nan'), 'relative': float('nan')}
+    x = torch.tensor(losses[-2 * window:], dtype=torch.float64)          # [2 * window]
+    prev, last = x[:window].mean(), x[window:].mean()
+    # batch-to-batch noise from successive differences, so a steady trend is not mistaken for noise:
+    # for independent noise of variance s2, E[diff^2] = 2 * s2
+    noise_var = float((x.diff() ** 2).mean() / 2)
+    se = math.sqrt(2 * noise_var / window)                               # of the difference of two window means
+    drop = float(prev - last)
+    return {'drop': drop, 'se': se, 'relative': drop / float(prev) / window if float(prev) else float('nan')}
 
-def loss_slope(losses: list[float], window: int = 20, beta: float = 0.9) -> float:
-    "Least-squares slope per step of the smoothed last `window` losses, relative to their mean (nan if too few)."
-    if len(losses) < window: return float('nan')
-    y = torch.tensor(smoothed(losses, beta)[-window:], dtype=torch.float64)
-    x = torch.arange(window, dtype=torch.float64); x = x - x.mean()
-    return float((x * (y - y.mean())).sum() / (x * x).sum() / y.mean())
-
-def loss_plateaued(losses: list[float], window: int = 20, threshold: float = 1e-3, beta: float = 0.9) -> bool:
-    "True once the smoothed loss falls by less than `threshold` (relative) per step over the last `window` steps."
-    s = loss_slope(losses, window, beta)
-    return not math.isnan(s) and s > -threshold
+def loss_plateaued(losses: list[float], window: int = 20, threshold: float = 1e-3) -> bool:
+    "True when the last `window` steps improved on the `window` before by less than the noise or than `threshold` per step."
+    r = loss_improvement(losses, window)
+    if math.isnan(r['drop']): return False                               # fewer than two windows: too early to tell
+    return r['drop'] < r['se'] or r['relative'] < threshold
 
 # %% ../nbs/10_cycle.ipynb #f796c1cc
 class RunControl:
     "Pause / resume / stop a running `run_plasticity` between steps (thread-safe)."
     def __init__(self):
-        self._go, self._stop = threading.Event(), threading.Event(); self._go.set()
+        self._go, self._stop, self._lock = threading.Event(), threading.Event(), threading.Lock(); self._go.set()
+        self.reason: str | None = None                     # why the run was asked to stop (the first reason given)
     def pause(self): self._go.clear()
     def resume(self): self._go.set()
-    def stop(self): self._stop.set(); self._go.set()
+    def stop(self, reason: str = 'stopped by the user'):
+        with self._lock:
+            if not self._stop.is_set(): self.reason = reason
+            self._stop.set(); self._go.set()
     @property
     def paused(self) -> bool: return not self._go.is_set()
     @property
@@ -61,8 +70,25 @@ class RunControl:
         while not self._go.wait(poll): pass
         return self._stop.is_set()
 
+INTERRUPTED = 'interrupted (Ctrl-C / SIGINT)'
+
+@contextmanager
+def ctrl_c_stops(control: RunControl):
+    "Inside the block (main thread only), a first SIGINT asks `control` to stop; a second raises `KeyboardInterrupt`."
+    if threading.current_thread() is not threading.main_thread(): yield control; return   # signals reach the main thread only
+    presses = []
+    def on_sigint(signum, frame):
+        presses.append(time.time())
+        if len(presses) > 1: raise KeyboardInterrupt
+        print("\nstopping at the next step with a checkpoint (Ctrl-C again to abort without one)", file=sys.stderr, flush=True)
+        control.stop(INTERRUPTED)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try: yield control
+    finally: signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
 # %% ../nbs/10_cycle.ipynb #e3d574d2
 DEFAULT_PROMPTS = ['To be, or not to be,', 'My lord, the king', 'What light through yonder window']
+MIXED_PRECISION_CHOICES = ('no', 'fp16', 'bf16', 'auto')   # 'auto': `core.mixed_precision_for(device)`
 
 @dataclass
 class PlasticityConfig:
@@ -82,11 +108,14 @@ class PlasticityConfig:
     grace_steps: int = 80             # a grown head cannot be pruned until it has trained this many steps
     steps: int = 40                   # learning steps per cycle
     warmup_max_steps: int = 60        # warm-up ends at a loss plateau or after this many steps (0: no warm-up)
-    warmup_window: int = 20
-    warmup_threshold: float = 1e-3
+    warmup_window: int = 20           # the plateau rule compares the last two windows of this many steps
+    warmup_threshold: float = 1e-3    # ... and calls a drop below this (relative, per step) a plateau
     lr: float = 1e-4
     stability_level: int = 1
-    distill: bool = False
+    distill: bool = False             # learn from the dense model after warm-up as a teacher, too
+    patience: int | None = None       # stop a learn phase after this many evaluations without improvement
+    eval_every: int = 10              # steps between those evaluations (only with patience)
+    mixed_precision: str = 'no'       # 'no', 'fp16', 'bf16' or 'auto' (the device's best)
     score_batches: int = 4            # training batches for importance and growth scores
     eval_batches: int = 8             # validation batches for every measurement
     max_new_tokens: int = 30
@@ -94,10 +123,54 @@ class PlasticityConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.cycles < 1: raise ValueError(f"cycles must be >= 1, got {self.cycles}")
-        if not 0 <= self.prune_level < 1: raise ValueError(f"prune_level must be in [0, 1), got {self.prune_level}")
-        if not 0 <= self.grow_ratio <= 1: raise ValueError(f"grow_ratio must be in [0, 1], got {self.grow_ratio}")
-        if self.steps < 0: raise ValueError(f"steps must be >= 0, got {self.steps}")
+        _int(self, 'cycles', 1); _choice(self, 'prune_strategy', tuple(PRUNE_STRATEGIES))
+        _number(self, 'prune_level', 0, 1, hi_open=True); _int(self, 'min_heads_per_layer', 1)
+        if self.max_prune_per_cycle is not None: _int(self, 'max_prune_per_cycle', 1, none='None or ')
+        self.protected = _head_pairs(self.protected)
+        _choice(self, 'grow_strategy', GROW_STRATEGIES); _number(self, 'grow_ratio', 0, 1); _choice(self, 'grow_init', GROW_INITS)
+        for name in ('ramp_steps', 'boost_steps', 'grace_steps', 'steps', 'warmup_max_steps', 'max_new_tokens'): _int(self, name, 0)
+        _number(self, 'lr_boost', 1); _int(self, 'warmup_window', 1); _number(self, 'warmup_threshold', 0)
+        _number(self, 'lr', 0, lo_open=True); _choice(self, 'stability_level', (0, 1, 2))
+        if not isinstance(self.distill, bool): raise ValueError(f"distill must be True or False, got {self.distill!r}")
+        if self.patience is not None: _int(self, 'patience', 1, none='None or ')
+        _int(self, 'eval_every', 1); _choice(self, 'mixed_precision', MIXED_PRECISION_CHOICES)
+        _int(self, 'score_batches', 1); _int(self, 'eval_batches', 1)
+        if not isinstance(self.prompts, (list, tuple)) or not all(isinstance(p, str) for p in self.prompts):
+            raise ValueError(f"prompts must be a list of strings, got {self.prompts!r}")
+        self.prompts = list(self.prompts)
+        _int(self, 'seed', 0, 2**32 - 1)
+
+def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+def _int(cfg, name: str, lo: int, hi: int | None = None, none: str = ''):
+    "Check that setting `name` is an integer in [lo, hi]; store it as a plain int."
+    v = getattr(cfg, name)
+    if not _is_int(v) or v < lo or (hi is not None and v > hi):
+        want = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
+        raise ValueError(f"{name} must be {none}{want}, got {v!r}")
+    setattr(cfg, name, int(v))
+
+def _number(cfg, name: str, lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    "Check that setting `name` is a finite number between `lo` and `hi` (open or closed ends); store it as a float."
+    v = getattr(cfg, name)
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+    if not ok:
+        want = (f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}" if hi is not None
+                else f"{'>' if lo_open else '>='} {lo}")
+        raise ValueError(f"{name} must be a finite number {want}, got {v!r}")
+    setattr(cfg, name, float(v))
+
+def _choice(cfg, name: str, choices: tuple):
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or v not in choices: raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
+
+def _head_pairs(protected) -> list[list[int]]:
+    "`protected` as a list of [layer, head] pairs of non-negative ints (JSON-ready), or a ValueError saying what is wrong."
+    ok = isinstance(protected, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_int(x) and x >= 0 for x in p) for p in protected)
+    if not ok: raise ValueError(f"protected must be a list of [layer, head] pairs of non-negative integers, got {protected!r}")
+    return [[int(l), int(h)] for l, h in protected]
 
 # %% ../nbs/10_cycle.ipynb #195b9886
 def _loader(base: DataLoader, seed: int, shuffle: bool = True) -> DataLoader:
@@ -112,164 +185,379 @@ def _take(loader: DataLoader, n: int) -> list[dict]:
 def _metrics(res: dict) -> dict:
     return {k: v for k, v in res.items() if isinstance(v, (int, float)) and k != 'samples'}
 
+class _Batches:
+    "The endless batch stream of `loader` (epoch after epoch), counting what it hands out; `skip` resumes at a position."
+    def __init__(self, loader, skip: int = 0):
+        self._it, self.used = _cycle(loader), 0
+        for _ in range(skip): next(self._it); self.used += 1
+    def __iter__(self): return self
+    def __next__(self): self.used += 1; return next(self._it)
+
+def _rng_state() -> dict:
+    "Python, NumPy and torch (CPU and CUDA) random states, as tensors and plain values (loadable with weights_only)."
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {'python': random.getstate(), 'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+def _set_rng_state(s: dict):
+    random.setstate(s['python'])
+    kind, keys, pos, has_gauss, gauss = s['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(s['torch'])
+    if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+
+def data_fingerprint(data: dict, n_blocks: int = 4) -> dict:
+    "Per split: number of blocks, block length, batch size and a hash of `n_blocks` blocks' token ids (to refuse a resume on other data)."
+    out = {}
+    for split, loader in sorted(data.items()):
+        ds = loader.dataset; n = len(ds)
+        picks = sorted({round(i * (n - 1) / max(1, n_blocks - 1)) for i in range(n_blocks)}) if n else []
+        h = hashlib.sha256()
+        for i in picks: h.update(np.asarray(ds[i]['input_ids'], dtype=np.int64).tobytes())
+        out[split] = {'blocks': n, 'block_size': len(ds[0]['input_ids']) if n else 0, 'batch_size': loader.batch_size,
+                      'tokens_sha256': h.hexdigest()[:16]}
+    return out
+
+def _installed_gates(model) -> HeadGates | None:
+    try: return HeadGates.of(model)
+    except ValueError: return None
+
+def dense_copy(model):
+    "A deep copy of `model` (eval mode, frozen) without its `HeadGates` hooks: every head on, whatever happens to `model`."
+    g = _installed_gates(model)
+    if g is None: return copy.deepcopy(model).eval().requires_grad_(False)
+    g.remove()                                          # the hooks live on the modules: deepcopy would copy them
+    try: twin = copy.deepcopy(model)
+    finally: g.install()
+    return twin.eval().requires_grad_(False)
+
 # %% ../nbs/10_cycle.ipynb #fee8bbb0
+TRAINER_FILE = 'trainer.pt'   # in a checkpoint written inside a training phase: FineTuner state, random states
+
+def _diverged(phase: str, step: int, why: str) -> str:
+    return f"training diverged: {why} at step {step} ({phase}) (lower --lr or use --stability-level 2)"
+
 class PlasticityRunner:
     "Runs warm-up and plasticity cycles on `model` with `data`, writing events to `log` (see `run_plasticity`)."
-    def __init__(self, model, data: dict, tokenizer=None, config: PlasticityConfig | None = None, out=None,
+    def __init__(self, model, data: dict, tokenizer=None, config: PlasticityConfig | None = None,
                  on_step: Callable | None = None, on_phase: Callable | None = None, on_event: Callable | None = None,
-                 control: RunControl | None = None, progress: bool = True):
+                 control: RunControl | None = None, progress: bool = True, run_info: dict | None = None):
         self.model, self.data, self.tok, self.cfg = model, data, tokenizer, config or PlasticityConfig()
-        self.out = Path(out) if out else None
         self.on_step, self.on_phase, self.control, self.progress = on_step, on_phase, control or RunControl(), progress
-        self.gates = HeadGates(model).install()
+        self.given_info = dict(run_info or {})
+        self._check(model, data)
+        self.device = model_device(model)
+        mp = self.cfg.mixed_precision
+        self.mixed_precision = mixed_precision_for(self.device) if mp == 'auto' else mp
+        autocast(self.device, self.mixed_precision)        # raises now if this device cannot do it
+        # a user's gates stay the user's: reuse them (and leave them installed); install our own only if there are none
+        self.gates = _installed_gates(model)
+        self.own_gates = self.gates is None
+        if self.own_gates: self.gates = HeadGates(model).install()
         self.log = ExperimentLog({'plasticity': asdict(self.cfg)}, on_event=[on_event] if on_event else [])
-        self.global_step, self.next_cycle, self.teacher = 0, 1, None
-        self.stopped = False
+        self.out, self.run_id, self.run_dir = None, None, None
+        self.global_step, self.next_cycle, self.teacher = 0, 0, None   # next_cycle 0: the warm-up is still to do
+        self.position = None            # inside a phase: what that phase needs to go on (JSON-ready); None between phases
+        self._trainer_state = None      # inside a training phase: FineTuner state and random states (tensors)
+        self.stop_reason, self.diverged = None, None
+
+    def _check(self, model, data):
+        "Model- and data-dependent settings, before any work."
+        cfg = self.cfg
+        if not isinstance(data, dict) or not {'train', 'validation'} <= set(data):
+            raise ValueError(f"data must be a dict of DataLoaders with 'train' and 'validation' (as get_dataloaders makes), "
+                             f"got {sorted(data) if isinstance(data, dict) else type(data).__name__}")
+        for split in ('train', 'validation'):
+            if not hasattr(data[split], 'dataset') or len(data[split].dataset) == 0:
+                raise ValueError(f"data[{split!r}] must be a DataLoader over at least one block, got {data[split]!r}: "
+                                 "use more text or a smaller block_size")
+        L, H = head_counts(model)[:2]
+        outside = [p for p in cfg.protected if not (p[0] < L and p[1] < H)]
+        if outside: raise ValueError(f"protected heads {outside} are outside the model's {L} layers x {H} heads: "
+                                     f"give [layer, head] with layer in 0..{L - 1} and head in 0..{H - 1}")
+        if cfg.min_heads_per_layer > H:
+            raise ValueError(f"min_heads_per_layer must be <= the model's {H} heads per layer, got {cfg.min_heads_per_layer}")
+
+    # --- the run folder ----------------------------------------------------------------------------------
+    def run_info(self, run_id: str, created: str | None = None) -> dict:
+        "What `run.json` records: run id, model, corpus, data settings + fingerprint, config (a resume must match all but cycles)."
+        given = self.given_info
+        name = given.get('model')
+        model = {**(name if isinstance(name, dict) else {'name': name or type(self.model).__name__}),
+                 'class': type(self.model).__name__, 'layers': self.gates.n_layers, 'heads': self.gates.n_heads,
+                 'parameters': sum(p.numel() for p in self.model.parameters())}
+        return {'run_id': run_id, 'model': model, 'corpus': given.get('corpus'),
+                'data': {**given.get('data', {}), 'fingerprint': data_fingerprint(self.data)},
+                'config': asdict(self.cfg), 'created': created or time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+
+    def open(self, out=None, resume=None, overwrite: bool = False) -> 'PlasticityRunner':
+        "Set up the run folder `out` for a new run, or check it and load the checkpoint to `resume` (see `run_plasticity`)."
+        if out is not None and str(out).strip() == '':
+            raise RunFolderError("out must be a folder for the run's files, or None to write nothing; got ''")
+        if resume is False: resume = None
+        if resume is not None and overwrite:
+            raise RunFolderError("resume and overwrite exclude each other: overwrite deletes the run that resume would continue")
+        if resume is None:
+            self.run_id = new_run_id()
+            if out is not None:
+                self.out = prepare_run_folder(out, 'overwrite' if overwrite else 'new')
+                write_run_info(self.out, self.run_info(self.run_id))
+            self.log = ExperimentLog(self.log.config, on_event=self.log.on_event, run_id=self.run_id,
+                                     events_path=self.out/'events.jsonl' if self.out else None)
+            return self
+        if resume is True:
+            if out is None: raise RunFolderError("resume=True continues the run in out: give out= (the run folder)")
+            self.run_dir = prepare_run_folder(out, 'resume')
+            folder = latest_checkpoint(self.run_dir)
+        else:
+            folder = Path(resume)
+            if (folder/'run.json').is_file():                  # a run folder: its newest checkpoint
+                self.run_dir = prepare_run_folder(folder, 'resume'); folder = latest_checkpoint(self.run_dir)
+            elif not (folder/'extra.json').is_file():
+                raise CheckpointError(f"resume={str(resume)!r} is neither a run folder (run.json) nor a checkpoint folder "
+                                      "(extra.json): give a checkpoint such as OUT/cycle-1, or resume=True with out=OUT")
+            else: self.run_dir = prepare_run_folder(folder.parent, 'resume')
+        saved = read_run_info(self.run_dir)
+        self.run_id = saved['run_id']
+        now = self.run_info(self.run_id, saved.get('created'))
+        diffs = run_info_differences(saved, now)
+        if diffs:
+            raise RunFolderError(f"cannot resume the run in {self.run_dir} with other data, model or settings (only cycles may "
+                                 f"change); differences (saved -> now):\n  " + '\n  '.join(diffs))
+        fork = out is not None and Path(out).resolve() != self.run_dir.resolve()   # continue a checkpoint in a new folder
+        self.out = prepare_run_folder(out, 'new') if fork else self.run_dir
+        self._load(folder)
+        if fork and self.cfg.distill:                      # the teacher's weights come along (see `_load`)
+            shutil.copytree(self.run_dir/'warmup', self.out/'warmup')
+        write_run_info(self.out, now)                                  # the new number of cycles
+        self.log.write_events(self.out/'events.jsonl')                 # events after the checkpoint are dropped
+        self.log.events_path = self.out/'events.jsonl'
+        pos = self.position
+        self.log.add(kind='resume', cycle=pos['cycle'] if pos else self.next_cycle, step=self.global_step,
+                     info={'folder': str(folder), 'phase': pos['phase'] if pos else None})
+        return self
+
+    def _load(self, folder: Path):
+        "Weights, head state, log, position (and trainer state, teacher) from checkpoint `folder` of this run."
+        log, extra = load_checkpoint(folder, self.model, self.gates, run_id=self.run_id)
+        self.global_step, self.next_cycle, self.position = extra['global_step'], extra['next_cycle'], extra.get('position')
+        if self.position is not None and 'progress' in self.position:
+            path = folder/TRAINER_FILE
+            if not path.is_file(): raise CheckpointError(f"{path} is missing: the checkpoint was stopped inside a training phase "
+                                                         "and is incomplete without it; resume from another checkpoint")
+            st = torch.load(path, map_location='cpu', weights_only=True)
+            if st.get('run_id') != self.run_id or st.get('global_step') != self.global_step:
+                raise CheckpointError(f"{path} belongs to run {st.get('run_id')} at step {st.get('global_step')}, not to this "
+                                      f"checkpoint (run {self.run_id}, step {self.global_step}); resume from another checkpoint")
+            self._trainer_state = st
+        if self.cfg.distill and self.next_cycle >= 1:
+            # the teacher is the dense model after warm-up: exactly the weights of the warm-up checkpoint
+            self.teacher = dense_copy(self.model)
+            load_checkpoint(self.run_dir/'warmup', self.teacher, None, run_id=self.run_id)
+        self.log = ExperimentLog({'plasticity': asdict(self.cfg)}, events=log.events if log else [], on_event=self.log.on_event,
+                                 run_id=self.run_id)
+
+    def checkpoint(self, name: str) -> Path | None:
+        "Save weights, head state, log and where the run stands (inside a phase: the trainer state too) to `out/name`."
+        if self.out is None: return None
+        folder, pos = self.out/name, self.position
+        self.log.add(kind='checkpoint', cycle=pos['cycle'] if pos else max(0, self.next_cycle - 1), step=self.global_step,
+                     info={'folder': str(folder), 'phase': pos['phase'] if pos else None})
+        extra = {'next_cycle': self.next_cycle, 'global_step': self.global_step, 'config': asdict(self.cfg), 'position': pos}
+        files = {}
+        if pos is not None and 'progress' in pos:          # written inside the checkpoint's atomic swap, size recorded
+            state = {'run_id': self.run_id, 'global_step': self.global_step, **self._trainer_state}
+            files[TRAINER_FILE] = lambda path: torch.save(state, path)
+        save_checkpoint(folder, self.model, self.gates, self.log, extra=extra, run_id=self.run_id, extra_files=files)
+        self.log.save(self.out/'log.json')
+        return folder
 
     # --- pieces ------------------------------------------------------------------------------------------
     def _phase(self, name: str, cycle: int):
         if self.on_phase: self.on_phase(name, cycle)
+
+    def _autocast(self): return autocast(self.device, self.mixed_precision)
 
     def _eval_batches(self) -> list[dict]:
         return _take(_loader(self.data['validation'], self.cfg.seed, shuffle=False), self.cfg.eval_batches)
 
     def measure(self) -> dict:
         "Perplexity, induction probe, samples and degeneration on the fixed validation batches and prompts."
-        res = evaluate(self.model, self._eval_batches(), tokenizer=self.tok, prompts=self.cfg.prompts if self.tok else None,
-                       generate_kwargs={'max_new_tokens': self.cfg.max_new_tokens, 'seed': self.cfg.seed})
-        return res
+        with self._autocast():
+            return evaluate(self.model, self._eval_batches(), tokenizer=self.tok, prompts=self.cfg.prompts if self.tok else None,
+                            generate_kwargs={'max_new_tokens': self.cfg.max_new_tokens, 'seed': self.cfg.seed})
 
-    def _should_stop(self) -> bool:
-        stop = self.control.check()
-        self.stopped = self.stopped or stop
-        return stop
-
-    def _learn(self, steps: int, seed: int, plateau: bool = False, desc: str = 'learn') -> dict:
-        "FineTuner for `steps` steps (or until the loss plateaus when `plateau`); returns its result + losses."
-        cfg, losses = self.cfg, []
-        self.gates.set_step(self.global_step)              # grown heads' ramps and boosts count global steps
+    def _train(self, phase: str, cycle: int, steps: int, seed: int, progress: dict | None = None) -> dict:
+        "A FineTuner for `steps` steps of `phase` (warm-up: until the loss plateaus), continuing `progress` of a stopped run."
+        cfg, learn = self.cfg, phase == 'learn'
+        start = progress['start_step'] if progress else self.global_step
+        losses = list(self._trainer_state['losses']) if progress else []   # the losses so far (NaN kept: not JSON)
+        self.gates.set_step(start)                         # grown heads' ramps and boosts count global steps
         tuner = FineTuner(self.model, self.gates, lr=cfg.lr, stability_level=cfg.stability_level, seed=seed,
-                          warmup_steps=min(10, max(1, steps // 5)), distill_from=self.teacher if cfg.distill else None)
-        bar = tqdm(total=steps, desc=desc, leave=False, disable=not self.progress)
+                          warmup_steps=min(10, max(1, steps // 5)), distill_from=self.teacher,
+                          patience=cfg.patience if learn else None, mixed_precision=self.mixed_precision)
+        batches = _Batches(tuner.accelerator.prepare(_loader(self.data['train'], seed)), progress['batches'] if progress else 0)
+        if progress:                                       # exactly where the stopped run was
+            st = self._trainer_state
+            tuner.load_state_dict(st['tuner']); tuner._snapshot = st['snapshot']; _set_rng_state(st['rng'])
+        desc = 'warmup' if phase == 'warmup' else f'learn {cycle}'
+        bar = tqdm(total=steps, initial=tuner.step, desc=desc, leave=False, disable=not self.progress)
+        why = {}
         def on_step(rec):
             losses.append(rec['loss']); bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.3f}")
-            if self.on_step: self.on_step({**rec, 'global_step': self.global_step + tuner.step, 'phase': desc})
+            self.global_step = start + tuner.step
+            if self.on_step: self.on_step({**rec, 'global_step': self.global_step, 'phase': desc, 'cycle': cycle})
         def should_stop():
-            if self._should_stop(): return True
-            return plateau and loss_plateaued(losses, cfg.warmup_window, cfg.warmup_threshold)
-        try: res = tuner.train(_loader(self.data['train'], seed), steps, on_step=on_step, should_stop=should_stop)
+            if cfg.stability_level == 0 and losses and not math.isfinite(losses[-1]):   # level 0 steps on: stop at once
+                why['stop'] = 'nonfinite'; return True
+            if self.control.check(): why['stop'] = 'stop'; return True
+            if not learn and loss_plateaued(losses, cfg.warmup_window, cfg.warmup_threshold): why['stop'] = 'plateau'; return True
+            return False
+        evals = dict(eval_loader=self._eval_batches(), eval_every=cfg.eval_every, eval_batches=cfg.eval_batches) if learn and cfg.patience else {}
+        try: res = tuner.train(batches, steps - tuner.step, on_step=on_step, should_stop=should_stop, **evals)
         finally: tuner.close(); bar.close()
-        self.global_step += tuner.step
-        return {**res, 'losses': losses}
+        self.global_step = start + tuner.step
+        res = {**res, 'stopped': why.get('stop', res['stopped']), 'losses': losses}
+        if res['stopped'] == 'stop':
+            self._trainer_state = {'tuner': tuner.state_dict(), 'snapshot': tuner._snapshot, 'rng': _rng_state(), 'losses': losses}
+            res['progress'] = {'start_step': start, 'steps_done': tuner.step, 'batches': batches.used}
+        return res
+
+    def _halted(self, res: dict, pos: dict) -> bool:
+        "True (and the reason noted) if the training phase that returned `res` was stopped or diverged."
+        if res['stopped'] == 'stop':
+            self.position, self.stop_reason = {**pos, 'progress': res['progress']}, self.control.reason
+            return True
+        if res['stopped'] == 'nonfinite':
+            self.position = None
+            why = (f"the loss is {res['losses'][-1]}" if self.cfg.stability_level == 0 else
+                   "10 steps in a row with a non-finite loss or gradient")
+            self.diverged = _diverged(pos['phase'] if pos['phase'] == 'warmup' else f"learn, cycle {pos['cycle']}", self.global_step, why)
+            return True
+        return False
 
     # --- phases --------------------------------------------------------------------------------------------
-    def warmup(self):
-        "Train until the smoothed loss stops falling (or `warmup_max_steps`)."
-        cfg = self.cfg
-        self._phase('warmup', 0); seed_everything(cfg.seed)
-        before = self.measure()
-        self.log.add(kind='measure', cycle=0, step=self.global_step, metrics_after=_metrics(before), samples=before.get('samples', []),
-                     head_state=self.gates.state.state_dict(), info={'what': 'baseline'})
-        if cfg.warmup_max_steps <= 0: return
-        res = self._learn(cfg.warmup_max_steps, seed=cfg.seed, plateau=True, desc='warmup')
-        after = self.measure()
-        losses = res['losses']
-        self.log.add(kind='warmup', cycle=0, step=self.global_step, metrics_before=_metrics(before), metrics_after=_metrics(after),
-                     samples=after.get('samples', []), info={'steps': len(losses), 'losses': losses,
-                     'final_slope': loss_slope(losses, cfg.warmup_window), 'plateau': loss_plateaued(losses, cfg.warmup_window, cfg.warmup_threshold),
-                     'stopped_by': res.get('stopped')})
+    def warmup(self) -> bool:
+        "Measure the baseline, then train until the loss plateaus (or `warmup_max_steps`); False if the run stopped."
+        cfg, pos = self.cfg, self.position
+        self._phase('warmup', 0)
+        if pos is None:
+            seed_everything(cfg.seed)
+            before = self.measure()
+            self.log.add(kind='measure', cycle=0, step=self.global_step, metrics_after=_metrics(before), samples=before.get('samples', []),
+                         head_state=self.gates.state.state_dict(), info={'what': 'baseline'})
+            pos = {'phase': 'warmup', 'cycle': 0, 'before': _metrics(before)}
+        if cfg.warmup_max_steps > 0:
+            res = self._train('warmup', 0, cfg.warmup_max_steps, seed=cfg.seed, progress=pos.get('progress'))
+            if self._halted(res, pos): return False
+            after, losses = self.measure(), res['losses']
+            self.log.add(kind='warmup', cycle=0, step=self.global_step, metrics_before=pos['before'], metrics_after=_metrics(after),
+                         samples=after.get('samples', []), info={'steps': len(losses), 'losses': losses,
+                         'improvement': loss_improvement(losses, cfg.warmup_window),
+                         'plateau': loss_plateaued(losses, cfg.warmup_window, cfg.warmup_threshold), 'stopped_by': res['stopped']})
+        self.position = None
+        return True
 
-    def cycle(self, c: int):
-        "One score → prune → measure → grow → learn cycle."
-        cfg, g = self.cfg, self.gates
-        seed = cfg.seed * 1000 + c; seed_everything(seed)
-        if cfg.distill and self.teacher is None: self.teacher = copy.deepcopy(self.model).eval()
-        before = self.measure()
-        self._phase('score', c)
-        scores = head_importance(self.model, _take(_loader(self.data['train'], seed + 1), cfg.score_batches), seed=seed)
-        self._phase('prune', c)
-        # heads grown recently are still ramping in and learning (their scores are low because their gates are): they
-        # get a grace period of `grace_steps` before they can be pruned again
-        young = ((g.state.grown_at >= 0) & (g.state.step - g.state.grown_at < cfg.grace_steps) & g.state.active).nonzero().tolist()
-        protected = [tuple(h) for h in cfg.protected] + [tuple(h) for h in young]
-        # the level asks for a fraction of the active heads; the safeguards may allow fewer (then prune what they allow)
-        want = int(math.floor(cfg.prune_level * int(g.state.active.sum()) + 0.5))
-        n = min(want, prunable_count(g, cfg.min_heads_per_layer, protected))
-        pr = prune_heads(g, scores, count=n, strategy=cfg.prune_strategy, min_heads_per_layer=cfg.min_heads_per_layer,
-                         max_per_cycle=cfg.max_prune_per_cycle, protected=protected)
-        self.log.add(kind='prune', cycle=c, step=self.global_step, heads=pr.heads, scores=scores, threshold=pr.threshold,
-                     metrics_before=_metrics(before), head_state=g.state.state_dict(),
-                     info={'strategy': pr.strategy, 'level': cfg.prune_level, 'requested': want, 'count': len(pr.heads), 'grace': young})
-        self._phase('measure', c)
-        pruned = self.measure()
-        self.log.add(kind='measure', cycle=c, step=self.global_step, metrics_before=_metrics(before), metrics_after=_metrics(pruned),
-                     samples=pruned.get('samples', []), info={'what': 'after pruning'})
-        self._phase('grow', c)
-        n_pruned = int((~g.state.active).sum())
-        n_grow = int(round(cfg.grow_ratio * n_pruned))
-        if n_grow > 0:
-            gr = grow_heads(g, count=n_grow, strategy=cfg.grow_strategy, init=cfg.grow_init, scores=scores['gradient'],
-                            batches=_take(_loader(self.data['train'], seed + 2), cfg.score_batches),
-                            ramp_steps=cfg.ramp_steps, lr_boost=cfg.lr_boost, boost_steps=cfg.boost_steps, seed=seed)
-            self.log.add(kind='grow', cycle=c, step=self.global_step, heads=gr.heads, scores={'grow': gr.scores} if gr.scores is not None else {},
-                         head_state=g.state.state_dict(), info={'strategy': gr.strategy, 'init': gr.init, 'ramp_steps': cfg.ramp_steps,
-                                                                'lr_boost': cfg.lr_boost})
+    def cycle(self, c: int) -> bool:
+        "One score → prune → measure → grow → learn cycle (or the rest of it, after a stop inside); False if it stopped."
+        cfg, g, pos = self.cfg, self.gates, self.position
+        seed = cfg.seed * 1000 + c
+        if pos is None:
+            seed_everything(seed)
+            if cfg.distill and self.teacher is None: self.teacher = dense_copy(self.model)   # the dense model after warm-up
+            before = self.measure()
+            self._phase('score', c)
+            with self._autocast():
+                scores = head_importance(self.model, _take(_loader(self.data['train'], seed + 1), cfg.score_batches), seed=seed)
+            self._phase('prune', c)
+            # heads grown recently are still ramping in and learning (their scores are low because their gates are): they
+            # get a grace period of `grace_steps` before they can be pruned again
+            young = ((g.state.grown_at >= 0) & (g.state.step - g.state.grown_at < cfg.grace_steps) & g.state.active).nonzero().tolist()
+            protected = [tuple(h) for h in cfg.protected] + [tuple(h) for h in young]
+            # the level asks for a fraction of the active heads; the safeguards may allow fewer (then prune what they allow)
+            want = int(math.floor(cfg.prune_level * int(g.state.active.sum()) + 0.5))
+            n = min(want, prunable_count(g, cfg.min_heads_per_layer, protected))
+            pr = prune_heads(g, scores, count=n, strategy=cfg.prune_strategy, min_heads_per_layer=cfg.min_heads_per_layer,
+                             max_per_cycle=cfg.max_prune_per_cycle, protected=protected)
+            self.log.add(kind='prune', cycle=c, step=self.global_step, heads=pr.heads, scores=scores, threshold=pr.threshold,
+                         metrics_before=_metrics(before), head_state=g.state.state_dict(),
+                         info={'strategy': pr.strategy, 'level': cfg.prune_level, 'requested': want, 'count': len(pr.heads), 'grace': young})
+            self._phase('measure', c)
+            pruned = self.measure()
+            self.log.add(kind='measure', cycle=c, step=self.global_step, metrics_before=_metrics(before), metrics_after=_metrics(pruned),
+                         samples=pruned.get('samples', []), info={'what': 'after pruning'})
+            self._phase('grow', c)
+            n_pruned = int((~g.state.active).sum())
+            n_grow = int(round(cfg.grow_ratio * n_pruned))
+            if n_grow > 0:
+                with self._autocast():
+                    gr = grow_heads(g, count=n_grow, strategy=cfg.grow_strategy, init=cfg.grow_init, scores=scores['gradient'],
+                                    batches=_take(_loader(self.data['train'], seed + 2), cfg.score_batches),
+                                    ramp_steps=cfg.ramp_steps, lr_boost=cfg.lr_boost, boost_steps=cfg.boost_steps, seed=seed)
+                self.log.add(kind='grow', cycle=c, step=self.global_step, heads=gr.heads, scores={'grow': gr.scores} if gr.scores is not None else {},
+                             head_state=g.state.state_dict(), info={'strategy': gr.strategy, 'init': gr.init, 'ramp_steps': cfg.ramp_steps,
+                                                                    'lr_boost': cfg.lr_boost})
+            pos = {'phase': 'learn', 'cycle': c, 'pruned': _metrics(pruned)}
         self._phase('learn', c)
-        res = self._learn(cfg.steps, seed=seed + 3, desc=f'learn {c}')
+        res = self._train('learn', c, cfg.steps, seed + 3, pos.get('progress'))
+        if self._halted(res, pos): return False
         after = self.measure()
-        self.log.add(kind='learn', cycle=c, step=self.global_step, metrics_before=_metrics(pruned), metrics_after=_metrics(after),
+        self.log.add(kind='learn', cycle=c, step=self.global_step, metrics_before=pos['pruned'], metrics_after=_metrics(after),
                      samples=after.get('samples', []), head_state=g.state.state_dict(),
-                     info={'steps': len(res['losses']), 'losses': res['losses'], 'stopped_by': res.get('stopped'),
+                     info={'steps': len(res['losses']), 'losses': res['losses'], 'stopped_by': res['stopped'],
+                           'evals': res.get('evals', []),
                            # where each grown head's gate ramp and update boost stand after learning
                            'grown': {f'{l},{h}': {'ramp': float(g.state.ramp()[l, h]), 'update_scale': float(g.state.update_scale()[l, h])}
                                      for l, h in (g.state.grown_at >= 0).nonzero().tolist()}})
+        self.position = None
+        return True
 
-    def checkpoint(self, name: str, next_cycle: int) -> Path | None:
-        if self.out is None: return None
-        folder = self.out/name
-        self.log.add(kind='checkpoint', cycle=next_cycle - 1, step=self.global_step, info={'folder': str(folder)})
-        save_checkpoint(folder, self.model, self.gates, self.log,
-                        extra={'next_cycle': next_cycle, 'global_step': self.global_step, 'config': asdict(self.cfg)})
-        self.log.save(self.out/'log.json')
-        return folder
-
-    def resume_from(self, folder) -> 'PlasticityRunner':
-        "Continue a run from a checkpoint folder written by `checkpoint`."
-        log, extra = load_checkpoint(folder, self.model, self.gates)
-        if extra.get('config', asdict(self.cfg)) != asdict(self.cfg):
-            diff = {k for k, v in extra['config'].items() if asdict(self.cfg).get(k) != v}
-            raise ValueError(f"checkpoint was written with different settings: {sorted(diff)}")
-        self.log.events = log.events; self.log._t0 = time.time() - (log.events[-1].time if log.events else 0.)
-        self.global_step, self.next_cycle = extra['global_step'], extra['next_cycle']
-        self.log.add(kind='resume', cycle=self.next_cycle, step=self.global_step, info={'folder': str(folder)})
-        return self
-
-    def run(self) -> ExperimentLog:
-        "Warm-up (unless resuming), then the remaining cycles; checkpoint after each."
-        if self.next_cycle == 1 and not self.log.filter('start'):
-            self.log.add(kind='start', info={'config': asdict(self.cfg)})
-            self.warmup()
-        for c in range(self.next_cycle, self.cfg.cycles + 1):
-            if self.stopped: break
-            self.cycle(c)
-            self.next_cycle = c + 1
-            self.checkpoint(f'cycle-{c}', c + 1)
-        if self.stopped:
-            self.log.add(kind='stop', cycle=self.next_cycle - 1, step=self.global_step, info={'reason': 'stopped by the user'})
-            self.checkpoint('stopped', self.next_cycle)
+    def _finish(self) -> ExperimentLog:
+        pos = self.position
+        cycle = pos['cycle'] if pos else max(0, self.next_cycle - 1)
+        if self.diverged:
+            self.log.add(kind='stop', cycle=cycle, step=self.global_step, info={'reason': self.diverged, 'diverged': True})
+        elif self.stop_reason:
+            self.log.add(kind='stop', cycle=cycle, step=self.global_step,
+                         info={'reason': self.stop_reason, 'phase': pos['phase'] if pos else None})
+            self.checkpoint('stopped')
         else: self.log.add(kind='end', cycle=self.cfg.cycles, step=self.global_step)
         if self.out: self.log.save(self.out/'log.json')
         return self.log
 
+    def run(self) -> ExperimentLog:
+        "Warm-up (unless done), then the remaining cycles, a checkpoint after each; a stop checkpoints where the run is."
+        with ctrl_c_stops(self.control):
+            if self.next_cycle == 0:
+                if not self.log.filter('start'): self.log.add(kind='start', info={'config': asdict(self.cfg), 'run_id': self.run_id})
+                if not self.warmup(): return self._finish()
+                self.next_cycle = 1
+                self.checkpoint('warmup')
+            while self.next_cycle <= self.cfg.cycles:
+                if self.position is None and self.control.check(): self.stop_reason = self.control.reason; break
+                if not self.cycle(self.next_cycle): break
+                self.next_cycle += 1
+                self.checkpoint(f'cycle-{self.next_cycle - 1}')
+            return self._finish()
+
+    def release(self):
+        "Remove the gates if this runner installed them (a user's own gates stay)."
+        if self.own_gates: self.gates.remove()
+
 # %% ../nbs/10_cycle.ipynb #4caf5f0e
-def run_plasticity(model, data: dict, tokenizer=None, out=None, resume=None, on_step=None, on_phase=None, on_event=None,
-                   control: RunControl | None = None, progress: bool = True, keep_gates: bool = False, **config) -> ExperimentLog:
-    "Warm up `model`, then run `cycles` plasticity cycles on `data` (dict of DataLoaders); returns the `ExperimentLog`."
-    runner = PlasticityRunner(model, data, tokenizer, PlasticityConfig(**config), out, on_step, on_phase, on_event, control, progress)
+def run_plasticity(model, data: dict, tokenizer=None, out=None, resume=None, overwrite: bool = False, run_info: dict | None = None,
+                   on_step=None, on_phase=None, on_event=None, control: RunControl | None = None, progress: bool = True,
+                   keep_gates: bool = False, **config) -> ExperimentLog:
+    """Warm up `model`, then run `cycles` plasticity cycles on `data` (dict of DataLoaders); returns the `ExperimentLog`.
+
+    `out`: the run folder (None: write nothing). `resume`: True to continue the run in `out` from its newest checkpoint,
+    or a checkpoint folder (its run folder is continued, or `out` if given and elsewhere). `overwrite`: replace the run in
+    `out`. `run_info`: what `run.json` records besides the data fingerprint and config (`model`, `corpus`, `data`)."""
+    runner = PlasticityRunner(model, data, tokenizer, PlasticityConfig(**config), on_step, on_phase, on_event, control, progress, run_info)
     try:
-        if resume is not None: runner.resume_from(resume)
+        runner.open(out, resume, overwrite)
         log = runner.run()
     finally:
-        if not keep_gates: runner.gates.remove()
+        if not keep_gates: runner.release()
     log.runner = runner
     return log

@@ -1,11 +1,14 @@
-"Integration tests of run_plasticity on a tiny random GPT-2: phases, resume equality, stop, callbacks, log schema."
-import copy, json, threading
+"Integration tests of run_plasticity on a tiny random GPT-2: phases, resume equality, stop, callbacks, log schema, settings."
+import copy, json, math, threading
 import pytest, torch
 from torch.utils.data import DataLoader
 from sentinel_nb.models import tiny_model, TINY_VOCAB
 from sentinel_nb.data import collate_blocks
-from sentinel_nb.cycle import run_plasticity, RunControl, PlasticityConfig
-from sentinel_nb.log import ExperimentLog, validate_log
+from sentinel_nb.gates import HeadGates
+from sentinel_nb.prune import prune_heads
+from sentinel_nb.metrics import forward_logits
+from sentinel_nb.cycle import run_plasticity, RunControl, PlasticityConfig, loss_plateaued, dense_copy
+from sentinel_nb.log import ExperimentLog, validate_log, RunFolderError
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -17,17 +20,18 @@ def blocks(n, seed):
 
 DATA = {'train': DataLoader(blocks(32, 0), batch_size=4, collate_fn=collate_blocks),
         'validation': DataLoader(blocks(8, 1), batch_size=4, collate_fn=collate_blocks)}
-SMALL = dict(steps=4, warmup_max_steps=4, warmup_window=3, score_batches=1, eval_batches=1, ramp_steps=2, boost_steps=3,
+SMALL = dict(steps=4, warmup_max_steps=4, warmup_window=2, score_batches=1, eval_batches=1, ramp_steps=2, boost_steps=3,
              prune_level=0.25, grow_ratio=0.5)
 
 def test_two_cycles_equal_one_plus_resume_plus_one(tmp_path):
     model = tiny_model('gpt2', n_layer=2, n_head=4)
     straight = run_plasticity(copy.deepcopy(model), DATA, out=tmp_path/'a', cycles=2, progress=False, **SMALL)
-    resumed = run_plasticity(copy.deepcopy(model), DATA, out=tmp_path/'b', resume=tmp_path/'a'/'cycle-1', cycles=2,
+    run_plasticity(copy.deepcopy(model), DATA, out=tmp_path/'b', cycles=1, progress=False, **SMALL)
+    resumed = run_plasticity(copy.deepcopy(model), DATA, out=tmp_path/'b', resume=tmp_path/'b'/'cycle-1', cycles=2,
                              progress=False, **SMALL)
     for kind in ('prune', 'grow', 'learn'):
         a, b = straight.filter(kind, cycle=2)[0], resumed.filter(kind, cycle=2)[0]
-        assert a.heads == b.heads, kind
+        assert [list(h) for h in a.heads] == [list(h) for h in b.heads], kind
         for k, v in a.metrics_after.items(): assert b.metrics_after[k] == pytest.approx(v, rel=1e-6), (kind, k)
     assert resumed.filter('resume')[0].cycle == 2
     assert not straight.filter('resume')
@@ -42,6 +46,7 @@ def test_phases_callbacks_and_log_file(tmp_path):
     saved = json.loads((tmp_path/'log.json').read_text())
     validate_log(saved)
     assert ExperimentLog.load(tmp_path/'log.json').to_dict() == log.to_dict()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['cycle-1', 'events.jsonl', 'log.json', 'run.json', 'warmup']
     assert (tmp_path/'cycle-1'/'model.safetensors').exists() and (tmp_path/'cycle-1'/'head_state.json').exists()
     pr = log.filter('prune')[0]
     assert len(pr.heads) == 2 and set(pr.scores) >= {'gradient', 'entropy'} and pr.threshold is not None
@@ -50,11 +55,12 @@ def test_stop_between_steps_leaves_a_checkpoint(tmp_path):
     ctl = RunControl(); n = []
     def on_step(rec):
         n.append(rec)
-        if len(n) == 2: ctl.stop()
+        if len(n) == 2: ctl.stop('enough')
     log = run_plasticity(tiny_model('gpt2'), DATA, out=tmp_path, cycles=2, progress=False, control=ctl, on_step=on_step, **SMALL)
     assert len(n) == 2 and log.events[-2].kind == 'stop' and log.events[-1].kind == 'checkpoint'
+    assert log.events[-2].info['reason'] == 'enough'
     assert (tmp_path/'stopped'/'model.safetensors').exists()
-    assert not log.filter('prune', cycle=2)
+    assert not log.filter('warmup') and not log.filter('prune')    # stopped inside warm-up: nothing logged as done
 
 def test_pause_blocks_until_resumed(tmp_path):
     ctl = RunControl(); ctl.pause()
@@ -64,10 +70,115 @@ def test_pause_blocks_until_resumed(tmp_path):
 
 def test_resume_with_other_settings_is_refused(tmp_path):
     run_plasticity(tiny_model('gpt2'), DATA, out=tmp_path, cycles=1, progress=False, **SMALL)
-    with pytest.raises(ValueError, match='different settings'):
+    with pytest.raises(RunFolderError, match=r'config.prune_level: 0.25 -> 0.5'):
         run_plasticity(tiny_model('gpt2'), DATA, resume=tmp_path/'cycle-1', cycles=1, progress=False, **{**SMALL, 'prune_level': 0.5})
 
-@pytest.mark.parametrize('bad', [dict(prune_level=1.0), dict(prune_level=-0.1), dict(cycles=0), dict(grow_ratio=2.0)])
-def test_bad_config(bad):
-    with pytest.raises(ValueError):
-        run_plasticity(tiny_model('gpt2'), DATA, progress=False, **{**SMALL, **bad})
+BAD = [  # (setting, message it must give)
+    (dict(cycles=0), 'cycles must be an integer >= 1, got 0'), (dict(cycles='3'), "cycles must be an integer >= 1, got '3'"),
+    (dict(cycles=2.0), 'cycles must be an integer'), (dict(cycles=True), 'cycles must be an integer'),
+    (dict(prune_level=1.0), r'prune_level must be a finite number in \[0, 1\), got 1.0'), (dict(prune_level=-0.1), 'prune_level'),
+    (dict(prune_level='0.3'), 'prune_level must be a finite number'), (dict(grow_ratio=2.0), r'grow_ratio must be a finite number in \[0, 1\]'),
+    (dict(prune_strategy='loudest'), "prune_strategy must be one of 'gradient'.*got 'loudest'"),
+    (dict(grow_strategy='magic'), "grow_strategy must be one of .*got 'magic'"), (dict(grow_init='zeros'), "grow_init must be one of 'fresh', 'clone', got 'zeros'"),
+    (dict(protected=[[0]]), r'protected must be a list of \[layer, head\] pairs'), (dict(protected=[[0, -1]]), 'protected must be'),
+    (dict(protected='0:1'), 'protected must be'), (dict(protected=[['0', '1']]), 'protected must be'),
+    (dict(stability_level=3), 'stability_level must be one of 0, 1, 2, got 3'), (dict(warmup_window=0), 'warmup_window must be an integer >= 1'),
+    (dict(warmup_threshold=-1e-3), 'warmup_threshold must be a finite number >= 0'), (dict(seed=-1), r'seed must be an integer in \[0, 4294967295\], got -1'),
+    (dict(seed=2**32), 'seed must be'), (dict(seed='0'), 'seed must be'), (dict(score_batches=0), 'score_batches must be an integer >= 1'),
+    (dict(eval_batches=0), 'eval_batches must be an integer >= 1'), (dict(steps=-1), 'steps must be an integer >= 0, got -1'),
+    (dict(ramp_steps=-1), 'ramp_steps must be'), (dict(boost_steps=-1), 'boost_steps must be'), (dict(grace_steps=-1), 'grace_steps must be'),
+    (dict(warmup_max_steps=-1), 'warmup_max_steps must be'), (dict(lr=0), 'lr must be a finite number > 0, got 0'),
+    (dict(lr=float('inf')), 'lr must be a finite number > 0, got inf'), (dict(lr=float('nan')), 'lr must be'), (dict(lr='1e-4'), 'lr must be'),
+    (dict(lr_boost=0.5), 'lr_boost must be a finite number >= 1, got 0.5'), (dict(max_prune_per_cycle=0), 'max_prune_per_cycle must be None or an integer >= 1'),
+    (dict(min_heads_per_layer=0), 'min_heads_per_layer must be an integer >= 1, got 0'), (dict(max_new_tokens=-1), 'max_new_tokens must be an integer >= 0'),
+    (dict(prompts='To be'), 'prompts must be a list of strings'), (dict(prompts=[1, 2]), 'prompts must be a list of strings'),
+    (dict(distill='yes'), "distill must be True or False, got 'yes'"), (dict(patience=0), 'patience must be None or an integer >= 1, got 0'),
+    (dict(eval_every=0), 'eval_every must be an integer >= 1'), (dict(mixed_precision='fp8'), "mixed_precision must be one of 'no', 'fp16', 'bf16', 'auto', got 'fp8'")]
+
+@pytest.mark.parametrize('bad,message', BAD)
+def test_every_setting_is_checked(bad, message):
+    with pytest.raises(ValueError, match=message): PlasticityConfig(**bad)
+
+def test_good_settings_are_normalised():
+    cfg = PlasticityConfig(protected=[(0, 1)], prompts=('a', 'b'), max_prune_per_cycle=2, patience=3, lr=1, seed=2**32 - 1)
+    assert cfg.protected == [[0, 1]] and cfg.prompts == ['a', 'b'] and cfg.lr == 1.0 and isinstance(cfg.lr, float)
+
+@pytest.mark.parametrize('bad,message', [(dict(protected=[[0, 9]]), r'protected heads \[\[0, 9\]\] are outside the model'),
+                                         (dict(protected=[[5, 0]]), 'outside the model'),
+                                         (dict(min_heads_per_layer=9), "min_heads_per_layer must be <= the model's 4 heads per layer, got 9")])
+def test_model_dependent_settings_are_checked_before_any_work(tmp_path, bad, message):
+    model = tiny_model('gpt2', n_layer=2, n_head=4)
+    with pytest.raises(ValueError, match=message):
+        run_plasticity(model, DATA, out=tmp_path/'run', progress=False, **{**SMALL, **bad})
+    assert not (tmp_path/'run').exists() and not model._forward_pre_hooks and all(not m._forward_pre_hooks for m in model.modules())
+
+def test_bad_data_is_refused():
+    with pytest.raises(ValueError, match="data must be a dict of DataLoaders with 'train' and 'validation'"):
+        run_plasticity(tiny_model('gpt2'), {'train': DATA['train']}, progress=False, **SMALL)
+    empty = DataLoader([], batch_size=4, collate_fn=collate_blocks)
+    with pytest.raises(ValueError, match=r"data\['validation'\] must be a DataLoader over at least one block"):
+        run_plasticity(tiny_model('gpt2'), {**DATA, 'validation': empty}, progress=False, **SMALL)
+
+def test_the_runner_uses_the_gates_already_on_the_model():
+    model = tiny_model('gpt2', n_layer=2, n_head=4)
+    g = HeadGates(model).install()
+    log = run_plasticity(model, DATA, cycles=1, progress=False, **SMALL)
+    assert log.runner.gates is g and HeadGates.of(model) is g and g.installed          # reused, and left installed
+    assert g.state.state_dict() == log.filter('learn')[0].to_dict()['head_state']   # the run's pruning is on the user's gates
+    g.remove()
+    # gates the runner installs itself are removed at the end
+    log = run_plasticity(model, DATA, cycles=1, progress=False, **SMALL)
+    assert not log.runner.gates.installed and pytest.raises(ValueError, HeadGates.of, model)
+
+def test_dense_copy_is_not_pruned_with_the_student():
+    model = tiny_model('gpt2', n_layer=2, n_head=4)
+    ids = torch.randint(1, TINY_VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))
+    with HeadGates(model) as g:
+        teacher = dense_copy(model)
+        assert HeadGates.of(model) is g and g.installed                          # the student keeps its gates
+        t0, s0 = forward_logits(teacher, ids), forward_logits(model, ids)
+        prune_heads(g, torch.rand(2, 4, generator=torch.Generator().manual_seed(0)), count=3)
+        assert torch.equal(forward_logits(teacher, ids), t0)                     # the teacher did not move
+        assert not torch.allclose(forward_logits(model, ids), s0)               # the student did
+        naive = copy.deepcopy(model)                                            # what a plain deepcopy would have made
+        assert torch.allclose(forward_logits(naive, ids), forward_logits(model, ids))
+
+def test_a_distilled_run_completes(tmp_path):
+    log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, out=tmp_path, cycles=2, distill=True, progress=False, **SMALL)
+    assert log.events[-1].kind == 'end' and math.isfinite(log.filter('learn', 2)[0].metrics_after['perplexity'])
+    assert log.runner.teacher is not None and not log.runner.teacher._forward_pre_hooks
+
+@pytest.mark.parametrize('level', [0, 1])
+def test_a_diverging_run_says_so(level):
+    log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, cycles=1, progress=False,
+                         **{**SMALL, 'lr': 1e8, 'warmup_max_steps': 20, 'warmup_window': 10, 'stability_level': level})
+    stop = log.events[-1]
+    assert stop.kind == 'stop' and stop.info['diverged'] and stop.info['reason'].startswith('training diverged: ')
+    assert '(lower --lr or use --stability-level 2)' in stop.info['reason'] and not log.filter('warmup')
+
+def test_patience_stops_a_learn_phase_early():
+    log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, cycles=1, progress=False,
+                         **{**SMALL, 'lr': 1e-2, 'steps': 30, 'patience': 1, 'eval_every': 2})
+    learn = log.filter('learn')[0]
+    assert learn.info['stopped_by'] == 'early_stop' and learn.info['steps'] < 30 and len(learn.info['evals']) >= 2
+    without = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, cycles=1, progress=False,
+                             **{**SMALL, 'lr': 1e-2, 'steps': 30})
+    assert without.filter('learn')[0].info['steps'] == 30 and without.filter('learn')[0].info['stopped_by'] == 'steps'
+
+def test_warmup_plateau_rule_on_noisy_losses():
+    g = torch.Generator().manual_seed(1)
+    noise = lambda n, s: (torch.randn(n, generator=g, dtype=torch.float64) * s).tolist()
+    falling = [10 * math.exp(-i / 250) + e for i, e in enumerate(noise(80, 0.5))]   # -0.4%/step under 5% noise
+    flat = [6 + e for e in noise(80, 0.3)]
+    assert not any(loss_plateaued(falling[:n], 20) for n in range(1, 81))
+    assert loss_plateaued(flat, 20) and not loss_plateaued(flat[:39], 20)           # needs two windows
+    log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, cycles=1, progress=False,
+                         **{**SMALL, 'warmup_max_steps': 12, 'warmup_window': 4})
+    w = log.filter('warmup')[0]
+    assert w.info['steps'] >= 8 and w.info['stopped_by'] in ('plateau', 'steps') and 'improvement' in w.info
+
+def test_mixed_precision_auto_resolves_for_the_device():
+    log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, cycles=1, progress=False, mixed_precision='auto', **SMALL)
+    assert log.runner.mixed_precision == 'no' and log.events[-1].kind == 'end'   # CPU: no mixed precision
+    log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, cycles=1, progress=False, mixed_precision='bf16', **SMALL)
+    assert log.events[-1].kind == 'end' and math.isfinite(log.filter('learn')[0].metrics_after['perplexity'])
