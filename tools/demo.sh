@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
-sentinel run --model sentinel-tiny --corpus shakespeare --cycles 2 --out runs/demo "$@"
+# --overwrite: running the demo again replaces the previous demo run (a run folder is never replaced silently)
+sentinel run --model sentinel-tiny --corpus shakespeare --cycles 2 --out runs/demo --overwrite "$@"
