@@ -4,14 +4,15 @@
 
 # %% ../nbs/05_importance.ipynb #62781dc7
 from __future__ import annotations
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 import torch
-from .models import head_counts, head_weight_slices
+from .models import head_counts, head_weight_slices, out_projs
 from .gates import HeadGates
 from .metrics import model_device, batch_nll
 
 # %% auto #0
-__all__ = ['METHODS', 'gates_for', 'magnitude_scores', 'random_scores', 'normalized_rank', 'combine_scores', 'head_importance']
+__all__ = ['METHODS', 'DEFAULT_METHODS', 'gates_for', 'magnitude_scores', 'random_scores', 'normalized_rank', 'combine_scores',
+           'head_importance']
 
 # %% ../nbs/05_importance.ipynb #aad01fbc
 def gates_for(model) -> tuple[HeadGates, bool]:
@@ -20,30 +21,58 @@ def gates_for(model) -> tuple[HeadGates, bool]:
     except ValueError: return HeadGates(model).install(), True
 
 # %% ../nbs/05_importance.ipynb #f7424165
+@contextmanager
+def _example_gate_offsets(g: HeadGates, n_examples: int):
+    "Zero offsets `[examples, layers, heads]` added to every head's gate, one row per example: d(loss_b)/d(offset_b) = d(loss_b)/dξ."
+    offsets = torch.zeros(n_examples, g.n_layers, g.n_heads, device=g.gates.device, requires_grad=True)
+    ungated = {}                                                   # layer -> the heads' output before the gate
+    def keep_ungated(layer):
+        def hook(module, args): ungated[layer] = args[0]
+        return hook
+    def add_offset(layer):
+        def hook(module, args):
+            z, z0 = args[0], ungated.pop(layer)                        # [batch, pos, heads*d_head] gated, ungated
+            d = offsets[:, layer] * g.state.multiplier()[layer].to(offsets.device)  # [batch, heads]; 0 where pruned
+            z0 = z0.view(*z.shape[:-1], g.n_heads, g.head_dim)          # [batch, pos, head, d_head]
+            return (z + (z0 * d.to(z.dtype)[:, None, :, None]).view(z.shape),) + tuple(args[1:])
+        return hook
+    handles = []
+    for layer, o in enumerate(out_projs(g.model)):   # around the gate hook: z * ξ * m  becomes  z * (ξ + d_b) * m
+        handles += [o.register_forward_pre_hook(keep_ungated(layer), prepend=True), o.register_forward_pre_hook(add_offset(layer))]
+    try: yield offsets
+    finally:
+        for h in handles: h.remove()
+
 def _gate_pass(g: HeadGates, batches, max_batches: int, entropy: bool, gradient: bool):
-    "Mean |dL/d gate| over batches and mean attention entropy, each `[layers, heads]` (None when not asked for)."
+    "Mean |dL/dξ| per example, mean |d(batch-mean L)/dξ| per batch and mean attention entropy, each `[layers, heads]` (None when not asked for)."
     model, device, gates = g.model, model_device(g.model), g.gates
-    was_training, had_grad = model.training, gates.requires_grad
+    was_training = model.training
     saved = ({k: v.clone() for k, v in g._sums.items()}, {k: v.clone() for k, v in g._counts.items()})
-    grad_sum, n = torch.zeros_like(gates, requires_grad=False), 0   # [layers, heads]
+    per_example, per_batch = torch.zeros_like(gates.detach()), torch.zeros_like(gates.detach())  # [layers, heads]
+    n_examples = n_batches = 0
     model.eval()
-    if gradient and not had_grad: gates.requires_grad_(True)
     try:
         with (g.recording() if entropy else nullcontext()), torch.set_grad_enabled(gradient):
             for i, batch in enumerate(batches):
                 if i >= max_batches: break
-                nll, keep, _ = batch_nll(model, batch, device)
+                with (_example_gate_offsets(g, len(batch['input_ids'])) if gradient else nullcontext()) as offsets:
+                    nll, keep, _ = batch_nll(model, batch, device)         # [batch, pos-1] each
                 if gradient:
-                    (grad,) = torch.autograd.grad(nll.sum() / keep.sum().clamp(min=1), [gates])  # mean token NLL
-                    grad_sum += grad.detach().abs()
-                n += 1
+                    tokens = keep.sum(1)                                     # [batch] scored tokens per example
+                    example_loss = nll.sum(1) / tokens.clamp(min=1)          # [batch] mean token NLL of each example
+                    (grad,) = torch.autograd.grad(example_loss.sum(), [offsets])   # [batch, layers, heads]: dL_b/dξ
+                    grad, real = grad.detach(), (tokens > 0).to(grad.dtype)  # an example with no scored token has no loss
+                    per_example += (grad.abs() * real[:, None, None]).sum(0); n_examples += int(real.sum())
+                    weight = (tokens / tokens.sum().clamp(min=1)).to(grad.dtype)   # the batch mean is token-weighted
+                    per_batch += (grad * weight[:, None, None]).sum(0).abs()
+                n_batches += 1
             ent = g.stats()['entropy'] if entropy else None
     finally:
-        if gradient and not had_grad: gates.requires_grad_(False)
         g._sums, g._counts = saved
         if was_training: model.train()
-    if n == 0: raise ValueError('no batches to score: `batches` is empty (or max_batches=0)')
-    return (grad_sum / n if gradient else None), ent
+    if n_batches == 0: raise ValueError('no batches to score: `batches` is empty (or max_batches=0)')
+    if not gradient: return None, None, ent
+    return per_example / max(n_examples, 1), per_batch / n_batches, ent
 
 # %% ../nbs/05_importance.ipynb #038dc2f2
 @torch.no_grad()
@@ -74,11 +103,12 @@ def combine_scores(scores: dict[str, torch.Tensor]) -> torch.Tensor:
     return (2 * normalized_rank(scores['gradient']) + normalized_rank(scores['entropy'])) / 3
 
 # %% ../nbs/05_importance.ipynb #fcd04233
-METHODS = ('entropy', 'gradient', 'magnitude', 'random', 'combined')
+METHODS = ('entropy', 'gradient', 'gradient_batch', 'magnitude', 'random', 'combined')   # every score there is
+DEFAULT_METHODS = tuple(m for m in METHODS if m != 'gradient_batch')                      # the baseline only on request
 
-def head_importance(model, batches, methods=METHODS, max_batches: int = 4, seed: int = 0, accelerator=None,
+def head_importance(model, batches, methods=DEFAULT_METHODS, max_batches: int = 4, seed: int = 0, accelerator=None,
                     normalize: bool = True) -> dict[str, torch.Tensor]:
-    "Per-head scores `{method: [layers, heads]}` (CPU) from at most `max_batches` batches; `normalize`: gradient / layer L2 norm."
+    "Per-head scores `{method: [layers, heads]}` (CPU) from at most `max_batches` batches; `normalize`: gradients / layer L2 norm."
     methods = (methods,) if isinstance(methods, str) else tuple(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown: raise ValueError(f"unknown importance method(s) {unknown}; known: {', '.join(METHODS)}")
@@ -86,11 +116,12 @@ def head_importance(model, batches, methods=METHODS, max_batches: int = 4, seed:
     g, temporary = gates_for(model)
     try:
         out = {}
-        if need & {'entropy', 'gradient'}:
-            grad, ent = _gate_pass(g, batches, max_batches, 'entropy' in need, 'gradient' in need)
-            if grad is not None:
-                out['gradient'] = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-20) if normalize else grad
-            if ent is not None: out['entropy'] = ent
+        if need & {'entropy', 'gradient', 'gradient_batch'}:
+            grads = _gate_pass(g, batches, max_batches, 'entropy' in need, bool(need & {'gradient', 'gradient_batch'}))
+            for name, grad in zip(('gradient', 'gradient_batch'), grads[:2]):
+                if grad is not None and name in need:
+                    out[name] = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-20) if normalize else grad
+            if grads[2] is not None: out['entropy'] = grads[2]
         if 'magnitude' in need: out['magnitude'] = magnitude_scores(g.model)
         if 'random' in need: out['random'] = random_scores(g.n_layers, g.n_heads, seed)
     finally:

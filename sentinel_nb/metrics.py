@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_metrics.ipynb #c9fa3496
 from __future__ import annotations
-import inspect, math, re
+import inspect, itertools, math, re
 from collections import Counter
 from contextlib import contextmanager
 from typing import Iterable
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['model_device', 'eval_mode', 'forward_logits', 'shifted_nll', 'batch_labels', 'batch_nll', 'nll_and_count',
            'perplexity', 'sliding_window_nll', 'sliding_window_perplexity', 'generate_samples', 'words', 'ngrams',
-           'degeneration_metrics', 'induction_batch', 'induction_score', 'evaluate']
+           'degeneration_metrics', 'induction_batch', 'induction_score', 'induction_head_scores', 'evaluate']
 
 # %% ../nbs/04_metrics.ipynb #738792cb
 def model_device(model) -> torch.device:
@@ -173,47 +173,88 @@ def degeneration_metrics(texts: list[str] | str, n: int = 3) -> dict:
             'unique_word_ratio': sum(ratios) / len(ratios) if ratios else 0.}
 
 # %% ../nbs/04_metrics.ipynb #1013e46a
-def induction_batch(vocab_size: int, seq_len: int = 32, batch: int = 8, seed: int = 0,
-                    low: int | None = None, high: int | None = None, bos_id: int | None = None) -> torch.Tensor:
-    "Seeded random tokens repeated twice: `[batch, (1 if bos) + 2*seq_len]`."
-    low = min(1000, vocab_size // 4) if low is None else low
-    high = vocab_size - 1 if high is None else high
-    if not 0 <= low < high: raise ValueError(f'empty token range [{low}, {high})')
-    r = torch.randint(low, high, (batch, seq_len), generator=torch.Generator().manual_seed(seed))  # [batch, seq_len]
-    ids = torch.cat([r, r], dim=1)                                                                   # [batch, 2*seq_len]
+def _token_pool(source) -> torch.Tensor:
+    "Real token ids of `source` as one `[n]` tensor: a tensor or list of ids, or batch dicts (a list, a DataLoader), padding dropped."
+    if torch.is_tensor(source): return source.reshape(-1).cpu()
+    items = [source] if isinstance(source, dict) else list(source)
+    if not (items and isinstance(items[0], dict)): return torch.as_tensor(items).reshape(-1).cpu()
+    parts = []
+    for b in items:
+        ids, mask = b['input_ids'], b.get('attention_mask')                  # [batch, pos] each
+        parts.append(ids[mask.to(ids.device) != 0] if mask is not None else ids.reshape(-1))
+    return torch.cat([p.reshape(-1).cpu() for p in parts])
+
+def induction_batch(vocab_size: int | None = None, seq_len: int = 32, batch: int = 8, seed: int = 0,
+                    low: int | None = None, high: int | None = None, bos_id: int | None = None, source=None) -> torch.Tensor:
+    "`batch` sequences repeated twice, `[batch, (1 if bos) + 2*seq_len]`: seeded spans of `source` ids, else random ids in `[low, high)`."
+    gen = torch.Generator().manual_seed(seed)
+    if source is not None:
+        pool = _token_pool(source)                                                  # [n]
+        if len(pool) < seq_len:
+            raise ValueError(f'the induction source has {len(pool)} tokens, fewer than seq_len={seq_len}: '
+                             f'pass more text or a smaller seq_len')
+        starts = torch.randint(0, len(pool) - seq_len + 1, (batch,), generator=gen)  # [batch]
+        r = pool[starts[:, None] + torch.arange(seq_len)]                           # [batch, seq_len]
+    else:
+        if vocab_size is None: raise ValueError('pass vocab_size (random tokens) or source (token ids of real text)')
+        low = min(1000, vocab_size // 4) if low is None else low
+        high = vocab_size - 1 if high is None else high
+        if not 0 <= low < high: raise ValueError(f'empty token range [{low}, {high})')
+        r = torch.randint(low, high, (batch, seq_len), generator=gen)               # [batch, seq_len]
+    ids = torch.cat([r, r], dim=1)                                                  # [batch, 2*seq_len]
     if bos_id is not None: ids = torch.cat([torch.full((batch, 1), bos_id), ids], dim=1)
     return ids
 
 def _vocab_size(model) -> int:
     cfg = getattr(model, 'config', None)
     v = getattr(cfg, 'vocab_size', None) or getattr(getattr(cfg, 'get_text_config', lambda: None)(), 'vocab_size', None)
-    if v is None: raise ValueError('pass vocab_size: the model has no config.vocab_size')
+    if v is None: raise ValueError('pass vocab_size (or source): the model has no config.vocab_size')
     return v
 
 def induction_score(model, vocab_size: int | None = None, seq_len: int = 32, batch: int = 8, seed: int = 0,
-                    device=None, low: int | None = None, high: int | None = None, bos_id: int | None = None) -> dict:
-    "Mean NLL on the first and the second copy of repeated random tokens, and `score = loss_first - loss_second`."
-    vocab_size = vocab_size or _vocab_size(model)
+                    device=None, low: int | None = None, high: int | None = None, bos_id: int | None = None,
+                    source=None) -> dict:
+    "Mean NLL on tokens 2..L of the first and the second copy, and `score = loss_first - loss_second`."
+    if seq_len < 2: raise ValueError(f'seq_len must be at least 2 (token 1 of a copy is not scored), got {seq_len}')
+    if source is None: vocab_size = vocab_size or _vocab_size(model)
     device = torch.device(device) if device is not None else model_device(model)
-    ids = induction_batch(vocab_size, seq_len, batch, seed, low, high, bos_id).to(device)  # [batch, pos]
-    start = 0 if bos_id is None else 1                                                     # first token of copy 1
+    ids = induction_batch(vocab_size, seq_len, batch, seed, low, high, bos_id, source).to(device)  # [batch, pos]
+    start = 0 if bos_id is None else 1                         # position of copy 1's first token
     with eval_mode(model), torch.no_grad():
         nll, _ = shifted_nll(forward_logits(model, ids), ids)  # [batch, pos-1]; column t scores token t+1
-    first = nll[:, max(start - 1, 0):start + seq_len - 1]      # tokens start+1 .. start+seq_len-1 (and `start` after a bos)
-    second = nll[:, start + seq_len - 1:]                      # every token of the second copy
+    first = nll[:, start:start + seq_len - 1]                  # tokens 2..L of copy 1
+    second = nll[:, start + seq_len:start + 2 * seq_len - 1]   # tokens 2..L of copy 2
     lf, ls = first.mean().item(), second.mean().item()
     return {'loss_first': lf, 'loss_second': ls, 'score': lf - ls}
+
+# %% ../nbs/04_metrics.ipynb #c1f7911c
+def induction_head_scores(model, ids: torch.Tensor, seq_len: int, start: int = 0, device=None) -> torch.Tensor:
+    "Each head's mean attention from the second copy's queries to `t - seq_len + 1`, `[layers, heads]`, for `ids` repeated at period `seq_len`."
+    device = torch.device(device) if device is not None else model_device(model)
+    ids = torch.as_tensor(ids).to(device)                                   # [batch, pos]
+    if ids.shape[1] < start + 2 * seq_len: raise ValueError(f'ids have {ids.shape[1]} positions; a repeat of seq_len={seq_len} after {start} needs {start + 2 * seq_len}')
+    kw = {'use_cache': False} if _accepts(model, 'use_cache') else {}
+    with eval_mode(model), torch.no_grad():
+        attentions = getattr(model(input_ids=ids, output_attentions=True, **kw), 'attentions', None)
+    if not attentions or any(a is None for a in attentions):
+        raise ValueError("the model returned no attention weights: load it with attn_implementation='eager' "
+                         "(or call model.set_attn_implementation('eager'))")
+    att = torch.stack([a.float() for a in attentions])                     # [layers, batch, heads, q, k]
+    q = torch.arange(start + seq_len, start + 2 * seq_len, device=att.device)  # queries of the second copy
+    return att[:, :, :, q, q - seq_len + 1].mean((1, 3)).cpu()              # [layers, heads]
 
 # %% ../nbs/04_metrics.ipynb #08e1d4b7
 def evaluate(model, batches: Iterable[dict], tokenizer=None, prompts: list[str] | None = None, device=None,
              max_batches: int | None = None, induction: bool | dict = True, generate_kwargs: dict | None = None,
              ngram: int = 3) -> dict:
-    "Flat dict of `perplexity`, `nll`, `n_tokens`, induction probe and (with `tokenizer` and `prompts`) samples + degeneration."
-    total, count = nll_and_count(model, batches, device=device, max_batches=max_batches)
+    "Flat dict of `perplexity`, `nll`, `n_tokens`, induction probe (on spans of `batches`) and, with `tokenizer` and `prompts`, samples + degeneration."
+    batches = list(batches if max_batches is None else itertools.islice(batches, max_batches))  # read once, used twice
+    total, count = nll_and_count(model, batches, device=device)
     res = {'perplexity': math.exp(total / count) if count else float('nan'), 'nll': total / count if count else float('nan'),
            'n_tokens': count}
     if induction:
-        ind = induction_score(model, device=device, **(induction if isinstance(induction, dict) else {}))
+        kw = {'source': batches, **(induction if isinstance(induction, dict) else {})}   # real text, not random tokens
+        ind = induction_score(model, device=device, **kw)
         res.update(induction_score=ind['score'], induction_loss_first=ind['loss_first'], induction_loss_second=ind['loss_second'])
     if tokenizer is not None and prompts:
         samples = generate_samples(model, tokenizer, prompts, device=device, **(generate_kwargs or {}))

@@ -14,8 +14,9 @@ __all__ = ['STRATEGIES', 'PruneResult', 'prunable_count', 'prune_heads', 'pruned
 
 # %% ../nbs/06_prune.ipynb #1f5d1c61
 STRATEGIES = {  # strategy: (key in head_importance's dict, prune the highest score first?)
-    'gradient': ('gradient', False), 'magnitude': ('magnitude', False), 'random': ('random', False),
-    'combined': ('combined', False), 'entropy': ('entropy', False), 'entropy_high': ('entropy', True)}
+    'gradient': ('gradient', False), 'gradient_batch': ('gradient_batch', False), 'magnitude': ('magnitude', False),
+    'random': ('random', False), 'combined': ('combined', False), 'entropy': ('entropy', False),
+    'entropy_high': ('entropy', True)}
 
 @dataclass
 class PruneResult:
@@ -68,7 +69,7 @@ def prunable_count(model_or_gates, min_heads_per_layer: int = 1, protected=None)
     return int(torch.minimum(candidates.sum(1), room).sum())
 
 # %% ../nbs/06_prune.ipynb #2481a922
-def prune_heads(model_or_gates, scores, level: float | None = None, count: int | None = None, strategy: str = 'combined',
+def prune_heads(model_or_gates, scores, level: float | None = None, count: int | None = None, strategy: str = 'gradient',
                 min_heads_per_layer: int = 1, max_per_cycle: int | None = None, protected=None) -> PruneResult:
     "Soft-prune the weakest active, unprotected heads by `strategy`: `level` of the active heads or `count` of them."
     g = HeadGates.of(model_or_gates)

@@ -58,7 +58,7 @@ S = torch.arange(8.).view(2, 4)
 @pytest.mark.parametrize('kwargs,msg', [
     (dict(level=1.0), 'level must be in [0, 1)'), (dict(level=-0.5), 'level must be in [0, 1)'),
     (dict(), 'exactly one of'), (dict(level=0.2, count=1), 'exactly one of'),
-    (dict(count=1, strategy='fisher'), "unknown strategy 'fisher'; known: gradient, magnitude, random, combined, entropy, entropy_high"),
+    (dict(count=1, strategy='fisher'), "unknown strategy 'fisher'; known: gradient, gradient_batch, magnitude, random, combined, entropy, entropy_high"),
     (dict(count=8, min_heads_per_layer=0), 'every active head'),
     (dict(count=7), 'only 6 are prunable'),
     (dict(count=6, protected=[(0, 0), (0, 1)]), 'only 5 are prunable'),
@@ -87,6 +87,8 @@ def test_restore_selected_and_all(gates):
     assert sorted(pruned_heads(gates)) == [(0, 0), (0, 2)]
     assert sorted(restore_heads(gates)) == [(0, 0), (0, 2)] and bool(gates.state.active.all())
 
+KEYS = sorted({key for key, _ in STRATEGIES.values()})   # every score a strategy can rank by
+
 @pytest.fixture(scope='module')
 def wide(): return HeadGates(tiny_model('gpt2', n_layer=3, n_head=8))   # 3 x 8
 
@@ -111,10 +113,10 @@ def test_safeguards_property(wide, data, strategy, min_heads, level, use_count, 
     n = count if use_count else int(level * n_active + 0.5)
     kw = dict(count=count) if use_count else dict(level=level)
     if n > 0 and (n >= n_active or n > prunable):
-        with pytest.raises(ValueError, match='prunable'): prune_heads(g, {k: scores for k in ('gradient', 'magnitude', 'random', 'combined', 'entropy')}, strategy=strategy, min_heads_per_layer=min_heads, max_per_cycle=cap, protected=extra, **kw)
+        with pytest.raises(ValueError, match='prunable'): prune_heads(g, {k: scores for k in KEYS}, strategy=strategy, min_heads_per_layer=min_heads, max_per_cycle=cap, protected=extra, **kw)
         assert torch.equal(g.state.active, before)
         return
-    r = prune_heads(g, {k: scores for k in ('gradient', 'magnitude', 'random', 'combined', 'entropy')}, strategy=strategy,
+    r = prune_heads(g, {k: scores for k in KEYS}, strategy=strategy,
                     min_heads_per_layer=min_heads, max_per_cycle=cap, protected=extra, **kw)
     after = g.state.active
     assert r.count == len(r.heads) == min(n, cap if cap is not None else n) == int((before & ~after).sum())
