@@ -10,7 +10,7 @@ import torch
 from .core import get_device, seed_everything, mixed_precision_for
 from .data import load_corpus, get_dataloaders
 from .models import load_model, head_counts, OFFLINE_NAMES
-from .metrics import nll_and_count
+from .metrics import nll_and_count, nll_to_perplexity
 
 # %% auto #0
 __all__ = ['SEED_MAX', 'USER_ERRORS', 'flag_name', 'check_settings', 'check_device', 'parse_heads', 'check_model_name',
@@ -68,8 +68,15 @@ def parse_heads(specs: list[str], setting: str = 'protected') -> list[list[int]]
 _HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$')
 
 def check_model_name(name: str) -> None:
-    "Raise early for a model name that is no offline name, no existing file or folder and no hub id (`owner/name`)."
-    if name in OFFLINE_NAMES or Path(name).expanduser().exists(): return
+    "Raise early for a model name that is no offline name, no model folder or .gguf file and no hub id (`owner/name`)."
+    if name in OFFLINE_NAMES: return
+    path, how = Path(name).expanduser(), f"give a folder written by save_pretrained, a .gguf file, or an offline name ({', '.join(OFFLINE_NAMES)})"
+    if path.is_dir():
+        if not (path/'config.json').is_file(): raise FileNotFoundError(f"model {name!r} is a folder without config.json: {how}")
+        return
+    if path.exists():
+        if path.suffix != '.gguf': raise ValueError(f"model {name!r} is a file but not a .gguf model: {how}")
+        return
     if name.endswith('.gguf') or name.startswith(('/', './', '../', '~')):
         raise FileNotFoundError(f"no model at {name!r}; offline names: {', '.join(OFFLINE_NAMES)}")
     if not _HUB_ID.match(name):
@@ -117,7 +124,7 @@ def evaluate_model(model: str = 'sentinel-tiny', corpus: str = 'shakespeare', sp
     total, count = nll_and_count(m, dls[split])
     L, H, KV, D = head_counts(m)
     return {'model': model, 'corpus': corpus, 'split': split, 'block_size': block_size, 'n_tokens': count,
-            'perplexity': math.exp(total / count), 'load_seconds': load_s, 'eval_seconds': time.perf_counter() - t0,
+            'perplexity': nll_to_perplexity(total / count), 'load_seconds': load_s, 'eval_seconds': time.perf_counter() - t0,
             'layers': L, 'heads': H, 'kv_heads': KV, 'head_dim': D, 'device': str(next(m.parameters()).device)}
 
 # %% ../nbs/11_cli.ipynb #a1a4fe76
@@ -125,20 +132,21 @@ def compare_pruning(model: str = 'sentinel-tiny', corpus: str = 'shakespeare', l
                     strategies=('entropy', 'entropy_high', 'gradient', 'magnitude', 'random', 'combined'),
                     eval_blocks: int = 96, score_batches: int = 4, learn_steps: int = 0, lr: float = 1e-4,
                     block_size: int = 128, batch_size: int = 8, device: str | None = None, seed: int = 0, log=None) -> dict:
-    "Validation and test perplexity on `eval_blocks` blocks each, dense and after pruning `level` of the heads by each strategy."
+    """Prune `level` of the heads by each strategy, scores from `score_batches` seeded train batches; validation and test
+    perplexity on the first `eval_blocks` blocks of each. The best strategy is chosen by validation perplexity only."""
     from sentinel_nb.gates import HeadGates
-    from sentinel_nb.importance import head_importance
+    from sentinel_nb.importance import head_importance, METHODS
     from sentinel_nb.prune import prune_heads, restore_heads, STRATEGIES
     from sentinel_nb.train import FineTuner
     from sentinel_nb.metrics import perplexity
-    from sentinel_nb.cycle import _take
+    from sentinel_nb.cycle import _loader, _take
     check_settings(eval_blocks=eval_blocks, score_batches=score_batches, learn_steps=learn_steps, block_size=block_size,
                    batch_size=batch_size, seed=seed)
     if not 0 <= level < 1: raise ValueError(f"level must be in [0, 1) (a fraction of the heads), got {level}")
     if not strategies: raise ValueError(f"strategies is empty: give one or more of {', '.join(STRATEGIES)}")
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown: raise ValueError(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
-    if not lr > 0: raise ValueError(f"lr must be > 0, got {lr}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0): raise ValueError(f"lr must be a finite number > 0, got {lr}")
     dev = check_device(device)
     text = load_corpus(corpus)
     say = log or (lambda s: None)
@@ -146,35 +154,42 @@ def compare_pruning(model: str = 'sentinel-tiny', corpus: str = 'shakespeare', l
     m, tok = load_model_for(model, block_size, device=dev)
     dls = get_dataloaders(text, tok, block_size=block_size, batch_size=batch_size, seed=seed)
     n_eval = math.ceil(eval_blocks / batch_size)
-    test = _take(dls['test'], n_eval)                    # first blocks: Hamlet
-    val = _take(dls['validation'], score_batches + n_eval)
-    score_val, select_val = val[:score_batches], val[score_batches:]
-    if not select_val: select_val = score_val            # a small corpus: choose on the scoring blocks (still not test)
-    n_tokens = sum(int(b['input_ids'][:, 1:].numel()) for b in test)
+    # the same data as tools/strategy_table.py: scores from a seeded draw of training blocks (as the plasticity runner
+    # draws them), the choice on a fixed slice of validation, test only reported
+    score_train = _take(_loader(dls['train'], seed), score_batches)
+    val = _take(_loader(dls['validation'], 0, shuffle=False), n_eval)
+    test = _take(_loader(dls['test'], 0, shuffle=False), n_eval)          # first blocks: Hamlet
+    n_tokens = {split: sum(int(b['input_ids'][:, 1:].numel()) for b in bs) for split, bs in (('validation', val), ('test', test))}
+    methods = tuple(k for k in METHODS if k in {STRATEGIES[s][0] for s in strategies})   # only the scores asked for
     rows, t0 = [], time.perf_counter()
-    def measured(strategy: str, pruned: int) -> dict:
-        return {'strategy': strategy, 'pruned': pruned, 'val_perplexity': perplexity(m, select_val), 'perplexity': perplexity(m, test)}
+    def measured(strategy: str, heads) -> dict:
+        return {'strategy': strategy, 'pruned': len(heads), 'heads': [list(h) for h in heads],
+                'val_perplexity': perplexity(m, val), 'test_perplexity': perplexity(m, test)}
     with HeadGates(m) as g:
-        rows.append(measured('dense', 0))
-        say(f"dense perplexity {rows[0]['val_perplexity']:.2f} validation, {rows[0]['perplexity']:.2f} test ({n_tokens} tokens)")
-        scores = head_importance(m, score_val, max_batches=score_batches, seed=seed)
-        say(f"scores from {len(score_val)} validation batches in {time.perf_counter() - t0:.1f}s")
+        rows.append(measured('dense', []))
+        say(f"dense perplexity {rows[0]['val_perplexity']:.2f} validation ({n_tokens['validation']} tokens), "
+            f"{rows[0]['test_perplexity']:.2f} test ({n_tokens['test']} tokens)")
+        scores = head_importance(m, score_train, methods, max_batches=score_batches, seed=seed)
+        say(f"scores ({', '.join(methods)}) from {len(score_train)} train batches (seed {seed}) in {time.perf_counter() - t0:.1f}s")
         for s in strategies:
             pr = prune_heads(g, scores, level=level, strategy=s)
-            rows.append(measured(s, len(pr.heads)))
-            say(f"{s:>12}: pruned {len(pr.heads)}, perplexity {rows[-1]['val_perplexity']:.2f} validation, {rows[-1]['perplexity']:.2f} test")
+            rows.append(measured(s, pr.heads))
+            say(f"{s:>14}: pruned {len(pr.heads)}, perplexity {rows[-1]['val_perplexity']:.2f} validation, "
+                f"{rows[-1]['test_perplexity']:.2f} test")
             restore_heads(g)
-        best = min(rows[1:], key=lambda r: r['val_perplexity'])['strategy']
-        res = {'model': model, 'level': level, 'n_tokens': n_tokens, 'rows': rows, 'best_on_validation': best}
+        best = min(rows[1:], key=lambda r: r['val_perplexity'])['strategy']   # never the test column
+        say(f"best on validation: {best}")
+        res = {'model': model, 'level': level, 'seed': seed, 'score_batches': len(score_train), 'n_tokens': n_tokens,
+               'rows': rows, 'best_on_validation': best}
         if learn_steps:
             pr = prune_heads(g, scores, level=level, strategy=best)
             tuner = FineTuner(m, g, lr=lr, stability_level=1, warmup_steps=max(1, learn_steps // 5), seed=seed)
             t1 = time.perf_counter()
             out = tuner.train(dls['train'], learn_steps); tuner.close()
-            res['after_learning'] = {**measured(best, len(pr.heads)),
+            res['after_learning'] = {**measured(best, pr.heads),
                                      'steps': out['steps'], 'seconds_per_step': (time.perf_counter() - t1) / max(out['steps'], 1)}
             say(f"after {learn_steps} learning steps ({best}): perplexity {res['after_learning']['val_perplexity']:.2f} "
-                f"validation, {res['after_learning']['perplexity']:.2f} test")
+                f"validation, {res['after_learning']['test_perplexity']:.2f} test")
     return res
 
 # %% ../nbs/11_cli.ipynb #45ad1a43
@@ -184,8 +199,10 @@ def _add_compare(sub):
     p.add_argument('--model', default='sentinel-tiny'); p.add_argument('--corpus', default='shakespeare')
     p.add_argument('--level', type=float, default=0.3, help='fraction of the heads pruned, in [0, 1)')
     p.add_argument('--strategies', nargs='+', choices=list(STRATEGIES),
-                   default=['entropy', 'entropy_high', 'gradient', 'magnitude', 'random', 'combined'])
-    p.add_argument('--eval-blocks', type=int, default=96); p.add_argument('--score-batches', type=int, default=4)
+                   default=['entropy', 'entropy_high', 'gradient', 'magnitude', 'random', 'combined'],
+                   help='the strategies to compare (gradient_batch, the batch-mean gradient baseline, only when named)')
+    p.add_argument('--eval-blocks', type=int, default=96, help='validation and test blocks measured')
+    p.add_argument('--score-batches', type=int, default=4, help='train batches (a draw seeded by --seed) the scores come from')
     p.add_argument('--learn-steps', type=int, default=0); p.add_argument('--lr', type=float, default=1e-4)
     p.add_argument('--block-size', type=int, default=128); p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--device', default=None); p.add_argument('--seed', type=int, default=0)
@@ -240,22 +257,21 @@ def _add_run(sub):
     p.set_defaults(func=_run)
 
 def _check_run_folder(out: str, resume, overwrite: bool) -> None:
-    "The run-folder contract, checked before the model loads; nothing is deleted here (`--overwrite` deletes when the run starts)."
+    "The run-folder contract, as a dry run before the model loads: every check of the mode, nothing created or deleted (the runner does that)."
     from sentinel_nb.log import prepare_run_folder
     if not str(out).strip(): raise ValueError("out is empty: give a folder for log.json and the checkpoints, e.g. --out runs/first")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
                          "--overwrite deletes it and starts again; give one")
-    if resume is True: prepare_run_folder(out, 'resume')      # a run with a complete checkpoint is there
+    if resume is True: prepare_run_folder(out, 'resume', dry_run=True)      # a run with a complete checkpoint is there
     elif resume:                                               # a checkpoint: its run continues, in --out if that is elsewhere
         checkpoint = Path(resume)
         if not (checkpoint/'extra.json').is_file():
             raise FileNotFoundError(f"resume {resume}: not a checkpoint folder (no extra.json); give one of a run's checkpoint "
                                     f"folders (e.g. {Path(out)/'cycle-1'}), or --resume alone for the newest in --out")
-        prepare_run_folder(checkpoint.parent, 'resume')
-        if Path(out).resolve() != checkpoint.parent.resolve(): prepare_run_folder(out, 'new')
-    elif not overwrite or not Path(out).is_dir() or not any(Path(out).iterdir()):
-        prepare_run_folder(out, 'new')                # new (or empty) folder: the same checks as overwrite, none destructive
+        prepare_run_folder(checkpoint.parent, 'resume', dry_run=True)
+        if Path(out).resolve() != checkpoint.parent.resolve(): prepare_run_folder(out, 'new', dry_run=True)
+    else: prepare_run_folder(out, 'overwrite' if overwrite else 'new', dry_run=True)   # --overwrite refuses a user's files here
 
 def _run(a) -> dict:
     from dataclasses import fields

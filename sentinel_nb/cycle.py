@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_cycle.ipynb #c4e5eec4
 from __future__ import annotations
-import copy, hashlib, itertools, math, os, random, shutil, signal, sys, threading, time
+import copy, hashlib, itertools, math, random, shutil, signal, sys, threading, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from safetensors.torch import save_model as save_safetensors, load_model as load_safetensors
 from .core import seed_everything, autocast, mixed_precision_for
 from .gates import HeadGates
 from .models import head_counts
@@ -51,16 +50,20 @@ def loss_plateaued(losses: list[float], window: int = 20, threshold: float = 1e-
 
 # %% ../nbs/10_cycle.ipynb #f796c1cc
 class RunControl:
-    "Pause / resume / stop a running `run_plasticity` between steps (thread-safe)."
+    "Pause / resume / stop a running `run_plasticity` between steps (thread-safe); `reset` readies it for another run."
     def __init__(self):
         self._go, self._stop, self._lock = threading.Event(), threading.Event(), threading.Lock(); self._go.set()
         self.reason: str | None = None                     # why the run was asked to stop (the first reason given)
+        self.stops = 0                                     # stop() calls so far: a runner tells a leftover stop from a new one
     def pause(self): self._go.clear()
     def resume(self): self._go.set()
     def stop(self, reason: str = 'stopped by the user'):
         with self._lock:
             if not self._stop.is_set(): self.reason = reason
-            self._stop.set(); self._go.set()
+            self._stop.set(); self._go.set(); self.stops += 1
+    def reset(self):
+        "Clear a stop (and its reason) and a pause, so that this control can drive another run."
+        with self._lock: self._stop.clear(); self._go.set(); self.reason = None
     @property
     def paused(self) -> bool: return not self._go.is_set()
     @property
@@ -94,7 +97,10 @@ MIXED_PRECISION_CHOICES = ('no', 'fp16', 'bf16', 'auto')   # 'auto': `core.mixed
 class PlasticityConfig:
     "Every setting of a plasticity run."
     cycles: int = 2
-    prune_strategy: str = 'combined'      # best measured: see 11_cli's compare and the closing notes
+    # 'gradient' beat 'combined' on validation perplexity, 30% pruned, no fine-tuning: sentinel-tiny (5 score seeds)
+    # 102.60 +- 0.94 vs 104.00 +- 1.16 (lower on all 5 seeds), SmolLM2-135M (3 seeds) 90.21 +- 3.86 vs 91.34 +- 3.23
+    # (tools/strategy_table.py, every value in data/results/strategy_table.json)
+    prune_strategy: str = 'gradient'
     prune_level: float = 0.3          # fraction of active heads pruned per cycle
     min_heads_per_layer: int = 1
     max_prune_per_cycle: int | None = None
@@ -245,6 +251,7 @@ class PlasticityRunner:
         self.model, self.data, self.tok, self.cfg = model, data, tokenizer, config or PlasticityConfig()
         self.on_step, self.on_phase, self.control, self.progress = on_step, on_phase, control or RunControl(), progress
         self.given_info = dict(run_info or {})
+        self._stops_before = self.control.stops           # a control stopped by then is a leftover: cleared when the run starts
         self._check(model, data)
         self.device = model_device(model)
         mp = self.cfg.mixed_precision
@@ -392,6 +399,7 @@ class PlasticityRunner:
         cfg, learn = self.cfg, phase == 'learn'
         start = progress['start_step'] if progress else self.global_step
         losses = list(self._trainer_state['losses']) if progress else []   # the losses so far (NaN kept: not JSON)
+        evals_so_far = list(self._trainer_state.get('evals', [])) if progress else []
         self.gates.set_step(start)                         # grown heads' ramps and boosts count global steps
         tuner = FineTuner(self.model, self.gates, lr=cfg.lr, stability_level=cfg.stability_level, seed=seed,
                           warmup_steps=min(10, max(1, steps // 5)), distill_from=self.teacher,
@@ -413,13 +421,16 @@ class PlasticityRunner:
             if self.control.check(): why['stop'] = 'stop'; return True
             if not learn and loss_plateaued(losses, cfg.warmup_window, cfg.warmup_threshold): why['stop'] = 'plateau'; return True
             return False
-        evals = dict(eval_loader=self._eval_batches(), eval_every=cfg.eval_every, eval_batches=cfg.eval_batches) if learn and cfg.patience else {}
+        # a continued phase skips the start evaluation (done before the stop; a second one would count against patience)
+        evals = dict(eval_loader=self._eval_batches(), eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
+                     initial_eval=not progress) if learn and cfg.patience else {}
         try: res = tuner.train(batches, steps - tuner.step, on_step=on_step, should_stop=should_stop, **evals)
         finally: tuner.close(); bar.close()
         self.global_step = start + tuner.step
-        res = {**res, 'stopped': why.get('stop', res['stopped']), 'losses': losses}
+        res = {**res, 'stopped': why.get('stop', res['stopped']), 'losses': losses, 'evals': evals_so_far + res['evals']}
         if res['stopped'] == 'stop':
-            self._trainer_state = {'tuner': tuner.state_dict(), 'snapshot': tuner._snapshot, 'rng': _rng_state(), 'losses': losses}
+            self._trainer_state = {'tuner': tuner.state_dict(), 'snapshot': tuner._snapshot, 'rng': _rng_state(), 'losses': losses,
+                                   'evals': res['evals']}
             res['progress'] = {'start_step': start, 'steps_done': tuner.step, 'batches': batches.used}
         return res
 
@@ -436,6 +447,14 @@ class PlasticityRunner:
             return True
         return False
 
+    def _diverged_after(self, measured: dict, phase: str) -> bool:
+        "True (and the reason noted) if the measurement after a training phase has no finite perplexity (huge but finite losses)."
+        ppl = measured.get('perplexity', math.nan)
+        if math.isfinite(ppl): return False
+        self.position = None
+        self.diverged = _diverged(phase, self.global_step, f"validation perplexity is {ppl}")
+        return True
+
     # --- phases --------------------------------------------------------------------------------------------
     def warmup(self) -> bool:
         "Measure the baseline, then train until the loss plateaus (or `warmup_max_steps`); False if the run stopped."
@@ -451,6 +470,7 @@ class PlasticityRunner:
             res = self._train('warmup', 0, cfg.warmup_max_steps, seed=cfg.seed, progress=pos.get('progress'))
             if self._halted(res, pos): return False
             after, losses = self.measure(), res['losses']
+            if self._diverged_after(after, 'warmup'): return False
             self.log.add(kind='warmup', cycle=0, step=self.global_step, metrics_before=pos['before'], metrics_after=_metrics(after),
                          samples=after.get('samples', []), info={'steps': len(losses), 'losses': losses,
                          'improvement': loss_improvement(losses, cfg.warmup_window),
@@ -502,6 +522,7 @@ class PlasticityRunner:
         res = self._train('learn', c, cfg.steps, seed + 3, pos.get('progress'))
         if self._halted(res, pos): return False
         after = self.measure()
+        if self._diverged_after(after, f'learn, cycle {c}'): return False
         self.log.add(kind='learn', cycle=c, step=self.global_step, metrics_before=pos['pruned'], metrics_after=_metrics(after),
                      samples=after.get('samples', []), head_state=g.state.state_dict(),
                      info={'steps': len(res['losses']), 'losses': res['losses'], 'stopped_by': res['stopped'],
@@ -527,6 +548,9 @@ class PlasticityRunner:
 
     def run(self) -> ExperimentLog:
         "Warm-up (unless done), then the remaining cycles, a checkpoint after each; a stop checkpoints where the run is."
+        # a stop from before this runner was made belongs to an earlier run (a panel reusing its control); a stop asked
+        # since (while the model loaded or the resume was checked) is this run's and is obeyed
+        if self.control.stopped and self.control.stops == self._stops_before: self.control.reset()
         with ctrl_c_stops(self.control):
             if self.next_cycle == 0:
                 if not self.log.filter('start'): self.log.add(kind='start', info={'config': asdict(self.cfg), 'run_id': self.run_id})

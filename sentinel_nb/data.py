@@ -105,13 +105,13 @@ def _load_local(p: Path, text_column: str | None) -> DatasetDict:
                                                "with /, ./, ../ or ~ is read as a local path)")
     if p.is_dir():
         files = sorted(p.rglob('*.txt'))
-        if not files: raise ValueError(f"no .txt files in folder {p}")
+        if not files: raise ValueError(f"no .txt files in folder {p}: put the text in .txt files there, or give a .txt/.jsonl file")
         texts = [_read_text(f) for f in files]
         if sum(len(t.strip()) for t in texts) == 0: raise ValueError(f"all .txt files in {p} are empty")
         if len(files) >= 3: return _by_document(Dataset.from_dict({'text': texts, 'work': [f.stem for f in files]}))
         return _split_contiguous(texts)
     text = _read_text(p)
-    if not text.strip(): raise ValueError(f"corpus file is empty: {p}")
+    if not text.strip(): raise ValueError(f"corpus file is empty: {p}; give a file with text in it")
     if p.suffix != '.jsonl': return _split_contiguous([text])
     try: ds = Dataset.from_json(str(p))          # one document per line
     except Exception as e: raise ValueError(f"corpus file {p} is not JSON lines ({type(e).__name__}: {e})") from e

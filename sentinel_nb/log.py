@@ -461,12 +461,19 @@ def _interrupted_swaps(out: Path) -> list[tuple[Path, Path]]:
         if m and not (out/m['base']).exists() and _is_checkpoint_dir(p): res.append((p, out/m['base']))
     return res
 
-def _check_writable(out: Path) -> None:
-    probe = out/f'.write-probe-{secrets.token_hex(4)}.tmp'
+def _check_writable(folder: Path, what: str = 'the run folder') -> None:
+    "Write and delete a probe file in the existing `folder`: the one sure test that a run could write there."
+    probe = folder/f'.write-probe-{secrets.token_hex(4)}.tmp'
     try: probe.write_text('ok'); probe.unlink()
     except OSError as e:
-        raise RunFolderError(f"cannot write in the run folder {out} ({e.strerror or e}): choose a folder you can write to, "
+        raise RunFolderError(f"cannot write in {what} {folder} ({e.strerror or e}): choose a folder you can write to, "
                              "or fix its permissions.") from None
+
+def _nearest_existing(path: Path) -> Path:
+    "The closest of `path`'s parents that exists (the folder `mkdir(parents=True)` would create `path` in)."
+    p = path.absolute()
+    while not p.exists() and p != p.parent: p = p.parent
+    return p
 
 def _describe(out: Path, entries: list[Path]) -> str:
     "What a non-empty run folder holds, for error messages."
@@ -475,8 +482,10 @@ def _describe(out: Path, entries: list[Path]) -> str:
     except (RunFolderError, KeyError, TypeError): rid = ''
     return f"{rid}{names}"
 
-def prepare_run_folder(out, mode: str = 'new') -> Path:
-    "Check (and create) the run folder `out` for a `new` run, to `resume` the run in it, or to `overwrite` that run."
+def prepare_run_folder(out, mode: str = 'new', dry_run: bool = False) -> Path:
+    """Check (and create) the run folder `out` for a `new` run, to `resume` the run in it, or to `overwrite` that run.
+    `dry_run=True` makes every check of `mode` and changes nothing: a missing folder is not created (its nearest existing
+    parent must be writable), `overwrite` deletes nothing, `resume` puts back no interrupted checkpoint swap."""
     if out is None or str(out).strip() == '':
         raise RunFolderError("no run folder: give a folder for the run's log and checkpoints (--out FOLDER, out=FOLDER).")
     if mode not in RUN_MODES: raise RunFolderError(f"unknown mode {mode!r} for the run folder {out}; use one of {', '.join(RUN_MODES)}")
@@ -485,6 +494,12 @@ def prepare_run_folder(out, mode: str = 'new') -> Path:
         raise RunFolderError(f"{out} is a file, not a folder: give a folder (new or one holding a run) for the run's log and checkpoints.")
     if not out.exists():
         if mode == 'resume': raise RunFolderError(f"there is no run to resume in {out}: the folder does not exist. Check the path, or start a new run there.")
+        if dry_run:                                   # what `mkdir(parents=True)` needs: an existing folder we can write in
+            parent = _nearest_existing(out)
+            if not parent.is_dir():
+                raise RunFolderError(f"cannot create the run folder {out}: {parent} is a file, not a folder. Choose another folder.")
+            _check_writable(parent, f'the folder that would hold the run folder {out},')
+            return out
         try: out.mkdir(parents=True)
         except OSError as e: raise RunFolderError(f"cannot create the run folder {out} ({e.strerror or e}): choose a folder you can write to.") from None
         try: _check_writable(out)
@@ -499,8 +514,9 @@ def prepare_run_folder(out, mode: str = 'new') -> Path:
         ours, theirs = _run_entries(out)
         if theirs:
             raise RunFolderError(f"--overwrite would only delete what a run writes, but {out} also holds {len(theirs)} other "
-                                 f"entries ({_listed([p.name + ('/' if p.is_dir() else '') for p in theirs], 8)}); nothing was deleted. "
+                                 f"{'entry' if len(theirs) == 1 else 'entries'} ({_listed([p.name + ('/' if p.is_dir() else '') for p in theirs], 8)}); nothing was deleted. "
                                  "Move them elsewhere, or choose another folder.")
+        if dry_run: return out
         for p in ours:
             if p.is_dir(): shutil.rmtree(p)
             else: p.unlink()
@@ -510,5 +526,6 @@ def prepare_run_folder(out, mode: str = 'new') -> Path:
         if latest_checkpoint(out) is None and not swaps:
             raise RunFolderError(f"there is nothing to resume in {out}: it holds no complete checkpoint "
                                  f"({_describe(out, entries) or 'it is empty'}). Start it again with --overwrite (overwrite=True).")
+        if dry_run: return out
         for aside, folder in swaps: os.rename(aside, folder)   # a kill between save_checkpoint's two renames: put the old one back
     return out

@@ -5,7 +5,6 @@
 # %% ../nbs/04_metrics.ipynb #c9fa3496
 from __future__ import annotations
 import inspect, itertools, math, re
-from collections import Counter
 from contextlib import contextmanager
 from typing import Iterable
 import torch
@@ -13,8 +12,9 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['model_device', 'eval_mode', 'forward_logits', 'shifted_nll', 'batch_labels', 'batch_nll', 'nll_and_count',
-           'perplexity', 'sliding_window_nll', 'sliding_window_perplexity', 'generate_samples', 'words', 'ngrams',
-           'degeneration_metrics', 'induction_batch', 'induction_score', 'induction_head_scores', 'evaluate']
+           'nll_to_perplexity', 'perplexity', 'sliding_window_nll', 'sliding_window_perplexity', 'generate_samples',
+           'words', 'ngrams', 'degeneration_metrics', 'induction_batch', 'induction_score', 'induction_head_scores',
+           'evaluate']
 
 # %% ../nbs/04_metrics.ipynb #738792cb
 def model_device(model) -> torch.device:
@@ -90,11 +90,16 @@ def nll_and_count(model, batches: Iterable[dict], device=None, max_batches: int 
             total += nll.sum(dtype=torch.float64); count += int(keep.sum())
     return float(total), count
 
+def nll_to_perplexity(mean_nll: float) -> float:
+    "`exp(mean_nll)`, the perplexity of a mean token NLL; `inf` where that overflows a float (a diverged model's huge but finite loss)."
+    try: return math.exp(mean_nll)                     # NaN stays NaN, -inf gives 0
+    except OverflowError: return math.inf              # mean NLL above ~709.78: past the largest float64
+
 def perplexity(model, batches: Iterable[dict], device=None, max_batches: int | None = None) -> float:
     "Token-weighted perplexity over `batches`: `exp(sum NLL / predicted tokens)`, padding excluded."
     total, count = nll_and_count(model, batches, device=device, max_batches=max_batches)
     if count == 0: raise ValueError('no tokens to score: every label is padding (or sequences have length 1)')
-    return math.exp(total / count)
+    return nll_to_perplexity(total / count)
 
 # %% ../nbs/04_metrics.ipynb #927953b9
 def sliding_window_nll(model, input_ids, max_length: int, stride: int, device=None) -> tuple[float, int]:
@@ -119,7 +124,7 @@ def sliding_window_perplexity(model, input_ids, max_length: int, stride: int, de
     "Perplexity of one long sequence (`[n]` or `[1, n]`) with windows of `max_length` moved by `stride`."
     total, count = sliding_window_nll(model, input_ids, max_length, stride, device=device)
     if count == 0: raise ValueError('no tokens to score')
-    return math.exp(total / count)
+    return nll_to_perplexity(total / count)
 
 # %% ../nbs/04_metrics.ipynb #07821adc
 def _encode_left_padded(tokenizer, prompts: list[str], device) -> tuple[dict, int]:
@@ -250,7 +255,7 @@ def evaluate(model, batches: Iterable[dict], tokenizer=None, prompts: list[str] 
     "Flat dict of `perplexity`, `nll`, `n_tokens`, induction probe (on spans of `batches`) and, with `tokenizer` and `prompts`, samples + degeneration."
     batches = list(batches if max_batches is None else itertools.islice(batches, max_batches))  # read once, used twice
     total, count = nll_and_count(model, batches, device=device)
-    res = {'perplexity': math.exp(total / count) if count else float('nan'), 'nll': total / count if count else float('nan'),
+    res = {'perplexity': nll_to_perplexity(total / count) if count else float('nan'), 'nll': total / count if count else float('nan'),
            'n_tokens': count}
     if induction:
         kw = {'source': batches, **(induction if isinstance(induction, dict) else {})}   # real text, not random tokens

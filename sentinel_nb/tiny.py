@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from .core import data_dir, seed_everything
 from .data import load_corpus, get_dataloaders
+from .metrics import nll_to_perplexity
 
 # %% auto #0
 __all__ = ['EOS', 'train_tokenizer', 'tiny_config', 'block_perplexity', 'train_tiny']
@@ -44,7 +45,7 @@ def block_perplexity(model, loader, max_batches: int | None = None) -> float:
         logits = model(input_ids=ids).logits[:, :-1].float()
         nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction='sum').item()
         n += ids[:, 1:].numel()
-    return math.exp(nll / n)
+    return nll_to_perplexity(nll / n)
 
 def train_tiny(out: str | Path | None = None, minutes: float = 25, vocab_size: int = 4096, block_size: int = 128,
                batch_size: int = 16, lr: float = 1e-3, warmup: int = 200, eval_every: int = 250, seed: int = 0,

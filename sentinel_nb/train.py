@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from .core import seed_everything, autocast
 from .gates import HeadGates, HeadUpdateScaler
-from .metrics import forward_logits, batch_nll, batch_labels, nll_and_count, model_device
+from .metrics import forward_logits, batch_nll, batch_labels, nll_and_count, nll_to_perplexity, model_device
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'lr_factor', 'lm_loss_sum', 'FineTuner']
@@ -102,6 +102,7 @@ class FineTuner:
         self.gate_step0 = self.gates.state.step if self.gates is not None else 0
         self.lr_scale, self.total_steps = 1., None                      # lr_scale: halved by each rollback
         self.best, self.bad_evals = math.inf, 0
+        self.best_state = None                                          # weights at the best evaluation (CPU), for an early stop
         self._losses = deque(maxlen=spike_window)                       # recent good losses (spike detection)
         self._snapshot = None
 
@@ -111,18 +112,19 @@ class FineTuner:
         return self.lr * self.lr_scale * lr_factor(self.step, self.total_steps or self.step + 1, warm, self.schedule)
 
     def state_dict(self) -> dict:
-        "Optimizer, gradient scaler, schedule and step counters, to resume a run (weights are saved separately)."
+        "Optimizer, gradient scaler, schedule, step counters and early-stopping state, to resume a run (the weights are saved separately)."
         return {'optimizer': self.optimizer.state_dict(), 'grad_scaler': self.grad_scaler.state_dict(),
                 'mixed_precision': self.mixed_precision, 'step': self.step, 'gate_step0': self.gate_step0,
                 'scheduler': {'lr_scale': self.lr_scale, 'total_steps': self.total_steps},
-                'best': self.best, 'bad_evals': self.bad_evals, 'losses': list(self._losses)}
+                'best': self.best, 'bad_evals': self.bad_evals, 'losses': list(self._losses),
+                'best_state': self.best_state}                          # an early stop after a resume goes back to these
 
     def load_state_dict(self, d: dict):
         self.optimizer.load_state_dict(d['optimizer'])
         if d.get('grad_scaler'): self.grad_scaler.load_state_dict(d['grad_scaler'])   # else a fresh scaler calibrates
         self.step, self.gate_step0 = d['step'], d['gate_step0']
         self.lr_scale, self.total_steps = d['scheduler']['lr_scale'], d['scheduler']['total_steps']
-        self.best, self.bad_evals = d['best'], d['bad_evals']
+        self.best, self.bad_evals, self.best_state = d['best'], d['bad_evals'], d.get('best_state')
         self._losses.clear(); self._losses.extend(d['losses'])
         return self
 
@@ -146,7 +148,7 @@ class FineTuner:
         model = self.accelerator.unwrap_model(self.model)
         with autocast(self.accelerator.device, self.mixed_precision):   # the precision it is trained in
             total, count = nll_and_count(model, eval_loader, device=self.accelerator.device, max_batches=max_batches)
-        return math.exp(total / count) if count else float('nan')
+        return nll_to_perplexity(total / count) if count else float('nan')   # inf, not OverflowError, for a diverged model
 
 # %% ../nbs/08_train.ipynb #5ba2c525
 def _n_tokens(batch: dict) -> int:
@@ -218,25 +220,28 @@ FineTuner._one_step = _one_step
 
 # %% ../nbs/08_train.ipynb #56bb5c80
 def _train(self: FineTuner, loader, steps: int, eval_loader=None, eval_every: int | None = None, eval_batches: int = 4,
-          on_step=None, should_stop=None, total_steps: int | None = None, restore_best: bool = True) -> dict:
+          on_step=None, should_stop=None, total_steps: int | None = None, restore_best: bool = True,
+          initial_eval: bool = True) -> dict:
     "Train for `steps` optimizer steps; returns `history` (per step), `evals`, `stopped` (why) and counters."
     if steps < 0: raise ValueError(f"steps must be >= 0, got {steps}")
     if eval_every is not None and eval_every < 1: raise ValueError(f"eval_every must be >= 1, got {eval_every}")
     if isinstance(loader, torch.utils.data.DataLoader): loader = self.accelerator.prepare(loader)
     self.total_steps = total_steps or max(self.total_steps or 0, self.step + steps)
-    history, evals, stopped, skips, best_state = [], [], 'steps', 0, [None]
+    history, evals, stopped, skips = [], [], 'steps', 0
     was_training = self.raw_model.training
     def do_eval():
         ppl = self.evaluate(eval_loader, eval_batches)
         if ppl < self.best - self.min_delta:
             self.best, self.bad_evals = ppl, 0
             # keep the best weights (on the CPU) so an early stop can go back to them
-            if restore_best and self.patience: best_state[0] = {k: v.detach().to('cpu', copy=True) for k, v in self.raw_model.state_dict().items()}
+            if restore_best and self.patience: self.best_state = {k: v.detach().to('cpu', copy=True) for k, v in self.raw_model.state_dict().items()}
         else: self.bad_evals += 1
         evals.append({'step': self.step, 'perplexity': ppl})
     try:
         if self.level >= 2 and self._snapshot is None: self._take_snapshot()
-        if eval_loader is not None: do_eval()
+        # a call that continues a stopped one (state from `load_state_dict`) skips the start evaluation: it was done, and a
+        # second one would count against `patience`
+        if eval_loader is not None and initial_eval: do_eval()
         batches, end = _cycle(loader), self.step + steps
         while self.step < end:
             if should_stop is not None and should_stop(): stopped = 'should_stop'; break
@@ -248,7 +253,7 @@ def _train(self: FineTuner, loader, steps: int, eval_loader=None, eval_every: in
                 do_eval()
                 if self.patience and self.bad_evals >= self.patience:
                     stopped = 'early_stop'
-                    if best_state[0] is not None: self.raw_model.load_state_dict(best_state[0])   # back to the best evaluation
+                    if restore_best and self.best_state is not None: self.raw_model.load_state_dict(self.best_state)   # back to the best evaluation
                     break
         if eval_loader is not None and stopped == 'steps' and (not evals or evals[-1]['step'] != self.step): do_eval()
     finally:

@@ -110,6 +110,36 @@ def test_run_setting_out_of_range(capsys, tmp_path, flag, value, says):
     error_line(capsys, ['run', '--out', str(out), flag, value], says, f'got {value}')
     assert not out.exists()                                   # refused before the run folder was created
 
+@pytest.mark.parametrize('flag, value, says', [
+    ('--prune-level', '1.0', '--prune-level must be a finite number in [0, 1), got 1.0'),
+    ('--prune-level', 'nan', '--prune-level must be a finite number in [0, 1), got nan'),
+    ('--grow-ratio', '2', '--grow-ratio must be a finite number in [0, 1], got 2.0'),
+    ('--lr', '0', '--lr must be a finite number > 0, got 0.0'),
+    ('--lr', 'nan', '--lr must be a finite number > 0, got nan'),
+    ('--lr', 'inf', '--lr must be a finite number > 0, got inf'),
+    ('--cycles', '-3', '--cycles must be an integer >= 1, got -3'),
+])
+def test_run_number_out_of_range(capsys, tmp_path, flag, value, says):
+    out = tmp_path/'o'
+    error_line(capsys, ['run', '--out', str(out), flag, value], says)
+    assert not out.exists()
+
+@pytest.mark.parametrize('argv, says', [
+    (['--lr', '0'], '--lr must be a finite number > 0, got 0.0'),
+    (['--lr', 'nan'], '--lr must be a finite number > 0, got nan'),
+    (['--level', 'nan'], '--level must be in [0, 1)'),
+    (['--level', '-0.1'], '--level must be in [0, 1)'),
+    (['--seed', '-1'], '--seed must be an integer in [0, 4294967295], got -1'),
+])
+def test_compare_number_out_of_range(capsys, argv, says):
+    error_line(capsys, ['compare', *argv], says)
+
+def test_compare_no_strategies(capsys):
+    usage_error(capsys, ['compare', '--strategies'], '--strategies', 'expected at least one argument')
+
+def test_not_an_integer(capsys, tmp_path):
+    usage_error(capsys, ['run', '--out', str(tmp_path/'o'), '--steps', '1.5'], '--steps', "invalid int value: '1.5'")
+
 @pytest.mark.parametrize('spec', ['3', 'a:b', '1:2:3', '-1:0'])
 def test_protected_head_format(capsys, tmp_path, spec):
     error_line(capsys, ['run', '--out', str(tmp_path/'o'), '--protected', '0:1', f'--protected={spec}'],
@@ -199,7 +229,40 @@ def test_overwrite_refuses_foreign_files(capsys, run_copy, text_file):
     (run_copy/'my-notes.txt').write_text('keep me')
     before = tree_hash(run_copy)
     error_line(capsys, ['run', '--out', str(run_copy), '--overwrite', '--corpus', str(text_file), *TINY_RUN], 'my-notes.txt',
-               'nothing was deleted', alone=False)
+               'nothing was deleted')                                   # alone: refused before the model loads
+    assert tree_hash(run_copy) == before
+
+def test_overwrite_refusal_comes_before_the_model_loads(capsys, run_copy, monkeypatch):
+    "The dry run of the run folder comes first: a refused --overwrite never reaches the model (or the data)."
+    def must_not_load(*a, **k): raise AssertionError('the model was loaded before the run folder was checked')
+    monkeypatch.setattr(cli, 'load_model_for', must_not_load)
+    (run_copy/'data').mkdir(); (run_copy/'data'/'x.bin').write_bytes(b'1')
+    before = tree_hash(run_copy)
+    error_line(capsys, ['run', '--out', str(run_copy), '--overwrite', *TINY_RUN], 'data/', 'nothing was deleted')
+    assert tree_hash(run_copy) == before
+
+def test_out_inside_a_file(capsys, tmp_path):
+    f = tmp_path/'notes.txt'; f.write_text('my notes')
+    error_line(capsys, ['run', '--out', str(f/'run')], 'cannot create the run folder', 'notes.txt is a file, not a folder')
+    assert f.read_text() == 'my notes' and sorted(tmp_path.iterdir()) == [f]
+
+def test_new_out_is_not_created_by_a_refused_run(capsys, tmp_path, text_file):
+    "A missing --out is only checked (its parent is writable) until the run starts: a later refusal leaves no folder."
+    out = tmp_path/'a'/'b'
+    error_line(capsys, ['run', '--out', str(out), '--corpus', str(text_file), *TINY_RUN, '--block-size', '300'],
+               '--block-size 300 is longer than the context', alone=False)
+    assert not (tmp_path/'a').exists()
+
+def test_resume_a_folder_that_is_not_a_checkpoint(capsys, run_copy):
+    (run_copy/'notes').mkdir(); (run_copy/'notes'/'a.txt').write_text('mine')
+    before = tree_hash(run_copy)
+    error_line(capsys, ['run', '--out', str(run_copy), '--resume', str(run_copy/'notes')], 'notes', 'not a checkpoint folder (no extra.json)')
+    assert tree_hash(run_copy) == before
+
+def test_resume_the_run_folder_itself_as_a_checkpoint(capsys, run_copy):
+    "--resume OUT (the run folder, not one of its checkpoints): refused, pointing at OUT/cycle-1 and at --resume alone."
+    before = tree_hash(run_copy)
+    error_line(capsys, ['run', '--out', str(run_copy), '--resume', str(run_copy)], 'not a checkpoint folder', 'cycle-1', '--resume alone')
     assert tree_hash(run_copy) == before
 
 def test_resume_with_other_settings(capsys, run_copy, text_file):
@@ -238,6 +301,17 @@ def test_resume_checkpoint_of_another_model(capsys, other_model_run, text_file):
 
 def test_missing_corpus_path(capsys):
     error_line(capsys, ['eval', '--corpus', './no/such/plays.txt'], 'corpus path does not exist', 'plays.txt')
+
+def test_corpus_folder_without_text_files(capsys, tmp_path):
+    (tmp_path/'README.md').write_text('not a .txt')
+    error_line(capsys, ['eval', '--corpus', str(tmp_path)], 'no .txt files in folder', str(tmp_path))
+
+def test_empty_corpus_file(capsys, tmp_path):
+    f = tmp_path/'empty.txt'; f.write_text('')
+    error_line(capsys, ['eval', '--corpus', str(f)], 'corpus file is empty', 'empty.txt')
+
+def test_unknown_split(capsys):
+    error_line(capsys, ['eval', '--split', 'dev'], "has no split 'dev'", 'train, validation, test')
 
 def test_binary_corpus(capsys, tmp_path):
     blob = tmp_path/'weights.bin'; blob.write_bytes(bytes(range(256)) * 64)
@@ -289,6 +363,14 @@ def test_model_unknown_on_the_hub(capsys, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)   # no retries against an unreachable hub
     error_line(capsys, ['eval', '--model', 'nobody/no-such-model'], "Could not load 'nobody/no-such-model'", 'offline name',
                alone=False)
+
+def test_model_folder_without_config(capsys, tmp_path):
+    (tmp_path/'pytorch_model.bin').write_bytes(b'0')
+    error_line(capsys, ['eval', '--model', str(tmp_path)], f"--model '{tmp_path}' is a folder without config.json", 'save_pretrained', 'sentinel-tiny')
+
+def test_model_file_that_is_not_gguf(capsys, tmp_path):
+    f = tmp_path/'model.bin'; f.write_bytes(b'0')
+    error_line(capsys, ['eval', '--model', str(f)], 'is a file but not a .gguf model', 'save_pretrained')
 
 def test_model_path_missing(capsys):
     error_line(capsys, ['eval', '--model', './models/missing.gguf'], 'no model at', 'missing.gguf')

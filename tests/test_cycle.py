@@ -7,7 +7,7 @@ from sentinel_nb.data import collate_blocks
 from sentinel_nb.gates import HeadGates
 from sentinel_nb.prune import prune_heads
 from sentinel_nb.metrics import forward_logits
-from sentinel_nb.cycle import run_plasticity, RunControl, PlasticityConfig, loss_plateaued, dense_copy
+from sentinel_nb.cycle import run_plasticity, RunControl, PlasticityConfig, PlasticityRunner, loss_plateaued, dense_copy
 from sentinel_nb.log import ExperimentLog, validate_log, RunFolderError
 
 @pytest.fixture(autouse=True)
@@ -155,6 +155,29 @@ def test_a_diverging_run_says_so(level):
     stop = log.events[-1]
     assert stop.kind == 'stop' and stop.info['diverged'] and stop.info['reason'].startswith('training diverged: ')
     assert '(lower --lr or use --stability-level 2)' in stop.info['reason'] and not log.filter('warmup')
+
+def test_a_huge_but_finite_loss_is_reported_as_diverged():
+    # lr=1e3: the losses stay finite (no skipped steps) but the validation NLL overflows math.exp: perplexity inf
+    log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, cycles=1, progress=False, **{**SMALL, 'lr': 1e3})
+    stop = log.events[-1]
+    assert [e.kind for e in log.events] == ['start', 'measure', 'stop'] and stop.info['diverged']
+    assert stop.info['reason'].startswith('training diverged: validation perplexity is inf at step ')
+    assert '(warmup)' in stop.info['reason'] and '--lr' in stop.info['reason']
+
+def test_a_control_stopped_before_the_run_does_not_stop_it():
+    ctl = RunControl(); ctl.stop('the last run'); ctl.pause()
+    ctl.reset()
+    assert (ctl.stopped, ctl.paused, ctl.reason, ctl.check()) == (False, False, None, False)
+    ctl.stop('the last run')                                             # a panel's control, left stopped by the last run
+    log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, cycles=1, control=ctl, progress=False, **SMALL)
+    assert log.events[-1].kind == 'end' and not log.filter('stop') and not ctl.stopped
+    # a stop asked after the run was made (here while the model loads, before run() starts) is obeyed at once
+    runner = PlasticityRunner(tiny_model('gpt2', n_layer=2, n_head=4), DATA, config=PlasticityConfig(cycles=1, **SMALL),
+                              control=ctl, progress=False)
+    ctl.stop('pressed during set-up')
+    try: log = runner.open().run()
+    finally: runner.release()
+    assert log.filter('stop')[0].info['reason'] == 'pressed during set-up' and not log.filter('warmup')
 
 def test_patience_stops_a_learn_phase_early():
     log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, cycles=1, progress=False,

@@ -151,6 +151,56 @@ def test_every_mode_checks_the_folder_can_be_written(tmp_path, monkeypatch):
     with pytest.raises(RunFolderError, match='cannot write'): prepare_run_folder(tmp_path/'new-one')
     assert not (tmp_path/'new-one').exists()                                       # the folder it created is gone again
 
+# --- dry runs: every check of the mode, nothing on disk changed -------------------------------------------------
+def read_only_probes(monkeypatch):
+    "Make every write probe fail as on a read-only folder (root can write anywhere, so chmod would not do)."
+    real = Path.write_text
+    def write_text(self, *a, **k):
+        if self.name.startswith('.write-probe'): raise PermissionError(errno.EACCES, 'Permission denied', str(self))
+        return real(self, *a, **k)
+    monkeypatch.setattr(Path, 'write_text', write_text)
+
+@pytest.mark.parametrize('user_entry', ['notes.txt', 'data/', 'cycle-1/my-notes.txt'])
+def test_dry_run_overwrite_refuses_a_folder_with_user_files_and_changes_nothing(tmp_path, user_entry):
+    make_run(tmp_path); write_run_info(tmp_path, {'run_id': RUN_A}); (tmp_path/'events.jsonl').write_text('')
+    if user_entry.endswith('/'): (tmp_path/user_entry).mkdir(); (tmp_path/user_entry/'x.bin').write_bytes(b'1')
+    else: (tmp_path/user_entry).write_text('mine')
+    held = snapshot(tmp_path)
+    with pytest.raises(RunFolderError) as e: prepare_run_folder(tmp_path, 'overwrite', dry_run=True)
+    assert 'nothing was deleted' in str(e.value) and user_entry.split('/')[0] in str(e.value)
+    assert snapshot(tmp_path) == held
+
+def test_dry_run_accepts_what_the_real_call_accepts_and_changes_nothing(tmp_path):
+    make_run(tmp_path); write_run_info(tmp_path, {'run_id': RUN_A}); (tmp_path/'events.jsonl').write_text('')
+    held = snapshot(tmp_path)
+    for mode in ('resume', 'overwrite'): assert prepare_run_folder(tmp_path, mode, dry_run=True) == tmp_path
+    assert snapshot(tmp_path) == held                                              # overwrite deleted nothing
+    with pytest.raises(RunFolderError, match='not empty'): prepare_run_folder(tmp_path, 'new', dry_run=True)
+    with pytest.raises(RunFolderError, match='no run to resume'): prepare_run_folder(tmp_path/'nope', 'resume', dry_run=True)
+    assert snapshot(tmp_path) == held
+    prepare_run_folder(tmp_path, 'overwrite'); assert list(tmp_path.iterdir()) == []   # the real call does delete
+
+def test_dry_run_does_not_create_a_missing_folder_but_checks_its_parent(tmp_path, monkeypatch):
+    held = snapshot(tmp_path)
+    for mode in ('new', 'overwrite'): assert prepare_run_folder(tmp_path/'a'/'b', mode, dry_run=True) == tmp_path/'a'/'b'
+    assert snapshot(tmp_path) == held and not (tmp_path/'a').exists()
+    (tmp_path/'f.txt').write_text('mine'); held = snapshot(tmp_path)
+    with pytest.raises(RunFolderError, match='f.txt is a file, not a folder'): prepare_run_folder(tmp_path/'f.txt'/'run', dry_run=True)
+    read_only_probes(monkeypatch)
+    with pytest.raises(RunFolderError, match=f'cannot write in the folder that would hold the run folder .*{tmp_path}.*Permission denied'):
+        prepare_run_folder(tmp_path/'a'/'b', dry_run=True)
+    with pytest.raises(RunFolderError, match='cannot write in the run folder .*Permission denied'):
+        prepare_run_folder(tmp_path, 'overwrite', dry_run=True)                    # an existing folder: probed itself
+    assert snapshot(tmp_path) == held and not (tmp_path/'a').exists()
+
+def test_dry_run_resume_leaves_an_interrupted_swap_for_the_real_call(tmp_path):
+    make_run(tmp_path, 'cycle-1', step=40); folder, *_ = make_run(tmp_path, 'cycle-2', step=80)
+    write_run_info(tmp_path, {'run_id': RUN_A})
+    aside = tmp_path/'cycle-2.tmp-old-1a2b3c4d'; os.rename(folder, aside); held = snapshot(tmp_path)
+    prepare_run_folder(tmp_path, 'resume', dry_run=True)
+    assert snapshot(tmp_path) == held and aside.exists()
+    prepare_run_folder(tmp_path, 'resume'); assert latest_checkpoint(tmp_path) == folder
+
 def test_run_info_round_trip_and_differences(tmp_path):
     info = {'run_id': RUN_A, 'model': 'sentinel-tiny', 'corpus': 'shakespeare', 'created': 1.0,
             'data': {'block_size': 128, 'batch_size': 8, 'max_blocks': None, 'seed': 0, 'fingerprint': 'ab12'},

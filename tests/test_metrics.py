@@ -1,10 +1,12 @@
 "Property tests for sentinel_nb.metrics: perplexity ignores padding, batch order and batch size."
-import math
+import copy, math
 import pytest
 import torch
 from hypothesis import given, settings, HealthCheck, strategies as st
 from transformers import GPT2Config, GPT2LMHeadModel
-from sentinel_nb.metrics import perplexity, nll_and_count, sliding_window_nll, degeneration_metrics
+from sentinel_nb.metrics import (perplexity, nll_and_count, sliding_window_nll, sliding_window_perplexity, degeneration_metrics,
+                                 evaluate, nll_to_perplexity)
+from sentinel_nb.train import FineTuner
 
 VOCAB = 50
 
@@ -59,3 +61,17 @@ def test_sliding_window_scores_each_token_once(model, n, max_length, data):
 def test_degeneration_bounds(texts):
     m = degeneration_metrics(texts)
     assert all(0. <= v <= 1. for v in m.values())
+
+def test_a_huge_finite_loss_has_infinite_perplexity_not_an_overflow_error(model):
+    assert nll_to_perplexity(math.log(7.)) == pytest.approx(7.) and nll_to_perplexity(709.) == math.exp(709.)
+    assert nll_to_perplexity(710.) == math.inf and math.isnan(nll_to_perplexity(math.nan))
+    blown = copy.deepcopy(model)
+    with torch.no_grad(): blown.lm_head.weight.mul_(1e4)              # tied embeddings: logits ~1e4 apart
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))   # [batch, pos]
+    total, count = nll_and_count(blown, [{'input_ids': ids}])
+    assert math.isfinite(total) and total / count > 710                  # finite, but math.exp of it overflows
+    with pytest.raises(OverflowError): math.exp(total / count)
+    assert perplexity(blown, [{'input_ids': ids}]) == math.inf
+    assert sliding_window_perplexity(blown, ids[0], max_length=8, stride=4) == math.inf
+    assert evaluate(blown, [{'input_ids': ids}], induction=False)['perplexity'] == math.inf
+    assert FineTuner(blown).evaluate([{'input_ids': ids}]) == math.inf

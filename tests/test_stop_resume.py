@@ -199,3 +199,25 @@ def test_distill_run_resumes_to_the_same_result(tmp_path):
     run(tmp_path/'c', resume=tmp_path/'a'/'cycle-1', control=ctl, on_step=stopper(phase_start(straight, 'learn', 2) + 1, ctl), **kw)
     assert (tmp_path/'c'/'warmup').is_dir() and (tmp_path/'c'/'stopped').is_dir()
     assert_same_run(straight, run(tmp_path/'c', resume=True, **kw))
+
+PATIENT = dict(patience=2, eval_every=2, steps=16, lr=1e-3)   # cycle 1 improves to the end, cycle 2 stops early at its 4th step
+
+@pytest.fixture(scope='module')
+def patient_straight(tmp_path_factory):
+    "An uninterrupted run with early stopping (thread count 1, as every run it is compared with)."
+    return run(tmp_path_factory.mktemp('patient'), **PATIENT)
+
+@pytest.mark.parametrize('cycle,k', [(1, 5), (2, 1), (2, 3)])
+def test_stop_inside_learn_with_patience_then_resume_gives_the_same_run(tmp_path, patient_straight, cycle, k):
+    learn2 = patient_straight.filter('learn', 2)[0]
+    assert learn2.info['stopped_by'] == 'early_stop' and learn2.info['steps'] == 4   # the restore of the best weights is exercised
+    at = phase_start(patient_straight, 'learn', cycle) + k
+    ctl = RunControl()
+    stopped = run(tmp_path, control=ctl, on_step=stopper(at, ctl), **PATIENT)
+    assert stopped.filter('stop')[0].step == at and not stopped.filter('learn', cycle)
+    resumed = run(tmp_path, resume=True, **PATIENT)
+    assert_same_run(patient_straight, resumed)
+    for a, b in zip(patient_straight.filter('learn'), resumed.filter('learn')):
+        # no second start evaluation after the resume, and the same early stop at the same step
+        assert [e['step'] for e in b.info['evals']] == [e['step'] for e in a.info['evals']] and b.info['stopped_by'] == a.info['stopped_by']
+        assert [e['perplexity'] for e in b.info['evals']] == pytest.approx([e['perplexity'] for e in a.info['evals']], rel=1e-6)
