@@ -273,20 +273,42 @@ def _check_run_folder(out: str, resume, overwrite: bool) -> None:
         if Path(out).resolve() != checkpoint.parent.resolve(): prepare_run_folder(out, 'new', dry_run=True)
     else: prepare_run_folder(out, 'overwrite' if overwrite else 'new', dry_run=True)   # --overwrite refuses a user's files here
 
+def _settings_from_run(a) -> list[str]:
+    "On `--resume`, every setting not given on this command line is the run's own, read from its run.json; returns their names."
+    from sentinel_nb.log import read_run_info
+    folder = Path(a.out) if a.resume is True else Path(a.resume)
+    if not (folder/'run.json').is_file(): folder = folder.parent          # a checkpoint folder: its run folder holds run.json
+    if not (folder/'run.json').is_file(): return []                       # the run-folder checks below say what is wrong
+    info, given = read_run_info(folder), getattr(a, 'explicit', set())
+    saved = {**info.get('config', {}), **{k: v for k, v in info.get('data', {}).items() if k != 'fingerprint'}}
+    model = info.get('model')
+    saved['model'], saved['corpus'] = model.get('name') if isinstance(model, dict) else model, info.get('corpus')
+    if 'protected' in saved: saved['protected'] = [f'{l}:{h}' for l, h in saved['protected']]   # as the flag writes them
+    taken = []
+    for name, value in saved.items():
+        if name in given or (name == 'mixed_precision' and 'dtype' in given): continue   # what the user says now wins
+        if (name in ('model', 'corpus') and value is None) or (name != 'mixed_precision' and not hasattr(a, name)): continue
+        setattr(a, name, value); taken.append(name)
+    return taken
+
 def _run(a) -> dict:
     from dataclasses import fields
     from sentinel_nb.cycle import PlasticityConfig, run_plasticity
     say = lambda s: print(s, file=sys.stderr, flush=True)
+    from_run = _settings_from_run(a) if a.resume and not a.overwrite else []   # `--resume` alone: the run as it was set up
     names = {f.name for f in fields(PlasticityConfig)}
     cfg = {n: getattr(a, n) for n in names if hasattr(a, n)}
     cfg['protected'] = parse_heads(cfg['protected'])
     device = check_device(a.device)
-    try: cfg['mixed_precision'] = mixed_precision_for(device, getattr(torch, a.dtype) if a.dtype else None)   # fp32 weights, autocast
-    except ValueError as e: raise ValueError(f"dtype {a.dtype} cannot train on {device}: {e}") from e
+    if 'mixed_precision' not in cfg:                          # a resume keeps the run's own precision unless --dtype is given
+        try: cfg['mixed_precision'] = mixed_precision_for(device, getattr(torch, a.dtype) if a.dtype else None)   # fp32 weights, autocast
+        except ValueError as e: raise ValueError(f"dtype {a.dtype} cannot train on {device}: {e}") from e
     PlasticityConfig(**cfg)                                   # every plasticity setting, checked before anything loads
     check_settings(block_size=a.block_size, batch_size=a.batch_size, max_blocks=a.max_blocks)   # the data's settings
     text = load_corpus(a.corpus)
     _check_run_folder(a.out, a.resume, a.overwrite)
+    if from_run: say(f"sentinel: resuming with the run's own settings from its run.json (given now: "
+                     f"{', '.join(sorted(getattr(a, 'explicit', set()) - {'out', 'resume'})) or 'none'})")
     t0 = time.perf_counter()
     model, tok = load_model_for(a.model, a.block_size, device=device, dtype=torch.float32, protected=cfg['protected'])
     data = get_dataloaders(text, tok, block_size=a.block_size, batch_size=a.batch_size, max_blocks=a.max_blocks, seed=a.seed)
@@ -302,10 +324,14 @@ def _run(a) -> dict:
                 'data': {'block_size': a.block_size, 'batch_size': a.batch_size, 'max_blocks': a.max_blocks, 'seed': a.seed}}
     log = run_plasticity(model, data, tok, out=a.out, resume=a.resume, overwrite=a.overwrite, run_info=run_info,
                          on_event=on_event, progress=True, **cfg)
-    stop = log.filter('stop')
-    if stop: say(f"sentinel: the run stopped ({stop[-1].info.get('reason')}); continue it with: sentinel run --out {a.out} --resume ...")
+    outcome = [e for e in log.events if e.kind in ('resume', 'stop', 'end')]
+    stop = outcome[-1] if outcome and outcome[-1].kind == 'stop' else None   # a stop before a resume is history
+    diverged = bool(stop and stop.info.get('diverged'))
+    if diverged: say(f"sentinel: {stop.info.get('reason')}")
+    elif stop: say(f"sentinel: the run stopped ({stop.info.get('reason')}) with a checkpoint; continue it with: sentinel run --out {a.out} --resume")
     ms = log.metrics_frame()
-    return {'out': a.out, 'events': len(log), 'stopped': stop[-1].info.get('reason') if stop else None, 'seconds': time.perf_counter() - t0,
+    return {'out': a.out, 'events': len(log), 'stopped': stop.info.get('reason') if stop else None, 'diverged': diverged,
+            'seconds': time.perf_counter() - t0,
             'perplexity': {f"{r.kind}-{r.cycle}": r.after_perplexity for r in ms.itertuples() if not math.isnan(r.after_perplexity)}}
 
 class _Parser(argparse.ArgumentParser):
@@ -336,11 +362,20 @@ def _as_flags(message: str, settings) -> str:
         elif re.match(rf"{name} (must |is |['\"/.~])", message): message = flag_name(name) + message[len(name):]
     return message
 
+def _explicit_flags(argv: list[str] | None) -> set[str]:
+    "Names of the settings given on the command line `argv` (parsed again with every default suppressed)."
+    parser = build_parser()
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for p in [parser, *(c for s in subparsers for c in s.choices.values())]:
+        for action in p._actions: action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {'func', 'command'}
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sentinel` console script; returns the exit status (0 ok, 1 internal error, 2 user error, 130 Ctrl-C)."
     try: args = build_parser().parse_args(argv)
     except SystemExit as e: return e.code        # --help (0), or a usage error argparse has printed (2)
-    settings = [k for k in vars(args) if k not in ('func', 'command', 'debug')]
+    args.explicit = _explicit_flags(argv)
+    settings = [k for k in vars(args) if k not in ('func', 'command', 'debug', 'explicit')]
     try:
         result = args.func(args)
     except KeyboardInterrupt:
@@ -355,4 +390,5 @@ def main(argv: list[str] | None = None) -> int:
               "(run again with --debug for the traceback)", file=sys.stderr); return 1
     if result is not None: print(json.dumps(result, indent=1, default=str))
     from sentinel_nb.cycle import INTERRUPTED
+    if isinstance(result, dict) and result.get('diverged'): return 1                         # the run diverged
     return 130 if isinstance(result, dict) and result.get('stopped') == INTERRUPTED else 0   # Ctrl-C stopped the run
