@@ -121,7 +121,7 @@ class PlasticityConfig:
     distill: bool = False             # learn from the dense model after warm-up as a teacher, too
     patience: int | None = None       # stop a learn phase after this many evaluations without improvement
     eval_every: int = 10              # steps between those evaluations (only with patience)
-    mixed_precision: str = 'no'       # 'no', 'fp16', 'bf16' or 'auto' (the device's best)
+    mixed_precision: str = 'auto'     # 'no', 'fp16', 'bf16' or 'auto': fp16 on a T4, bf16 on newer GPUs, none on the CPU
     score_batches: int = 4            # training batches for importance and growth scores
     eval_batches: int = 8             # validation batches for every measurement
     max_new_tokens: int = 30
@@ -278,6 +278,11 @@ class PlasticityRunner:
             if not hasattr(data[split], 'dataset') or len(data[split].dataset) == 0:
                 raise ValueError(f"data[{split!r}] must be a DataLoader over at least one block, got {data[split]!r}: "
                                  "use more text or a smaller block_size")
+        half = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)})
+        if half and (cfg.steps > 0 or cfg.warmup_max_steps > 0):
+            raise ValueError(f"the model's weights are {', '.join(half)}: training needs float32 master weights (half-precision "
+                             "updates round away or overflow). Load it with load_model(name, dtype=torch.float32) or call "
+                             "model.float(); mixed_precision='auto' then computes in fp16/bf16 on a GPU")
         L, H = head_counts(model)[:2]
         outside = [p for p in cfg.protected if not (p[0] < L and p[1] < H)]
         if outside: raise ValueError(f"protected heads {outside} are outside the model's {L} layers x {H} heads: "

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 from transformers.pytorch_utils import Conv1D
-from .core import get_device, default_dtype, seed_everything, data_dir, cache_dir
+from .core import get_device, seed_everything, data_dir, cache_dir
 
 # %% auto #0
 __all__ = ['ADAPTERS', 'TINY_VOCAB', 'OFFLINE_NAMES', 'ArchAdapter', 'get_adapter', 'blocks', 'attention_modules', 'out_projs',
@@ -255,9 +255,12 @@ OFFLINE_NAMES = {'sentinel-tiny': "the project's small GPT-2 in data_dir()/'sent
 
 def load_model(name_or_path: str | Path, device=None, dtype: torch.dtype | None = None,
                attn_implementation: str = 'eager', **kwargs) -> tuple:
-    "`(model, tokenizer)` in eval mode on `device` (default `get_device()`) in `dtype` (default `default_dtype(device)`)."
+    "`(model, tokenizer)` in eval mode on `device` (default `get_device()`) with `dtype` weights (default float32)."
     device = get_device(device) if not isinstance(device, torch.device) else device
-    dtype = dtype or default_dtype(device)
+    # float32 weights by default on every device: they are the master copy training needs, and on a GPU the forward
+    # runs in half precision anyway under mixed precision (`core.autocast`); `dtype=default_dtype(device)` gives
+    # half-precision weights for inference only
+    dtype = dtype or torch.float32
     name = str(name_or_path); path = Path(name).expanduser()
     if name == 'sentinel-tiny': model, tok = _from_folder(_sentinel_tiny_dir(), attn_implementation, dtype, **kwargs)
     elif name == 'smollm2-135m': model, tok = _smollm2_cached(attn_implementation, dtype)

@@ -205,3 +205,12 @@ def test_mixed_precision_auto_resolves_for_the_device():
     assert log.runner.mixed_precision == 'no' and log.events[-1].kind == 'end'   # CPU: no mixed precision
     log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, cycles=1, progress=False, mixed_precision='bf16', **SMALL)
     assert log.events[-1].kind == 'end' and math.isfinite(log.filter('learn')[0].metrics_after['perplexity'])
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_refused_before_any_work(tmp_path, dtype):
+    "Training half-precision weights loses updates (or NaNs them): refused with the fix, before anything is written."
+    model = tiny_model('gpt2', n_layer=2, n_head=4).to(dtype)
+    with pytest.raises(ValueError, match='training needs float32 master weights'):
+        run_plasticity(model, DATA, out=tmp_path/'run', cycles=1, progress=False, **SMALL)
+    assert not (tmp_path/'run').exists()
+    assert not model.transformer.h[0].attn.c_proj._forward_pre_hooks       # no gates left behind
