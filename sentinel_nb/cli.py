@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse, json, math, os, re, sys, time, traceback
 from pathlib import Path
 import torch
-from .core import get_device, seed_everything, mixed_precision_for
-from .data import load_corpus, get_dataloaders
+from .core import get_device, seed_everything, mixed_precision_for, autocast
+from .data import load_corpus, get_dataloaders, LOCAL_PREFIXES
 from .models import load_model, head_counts, OFFLINE_NAMES
 from .metrics import nll_and_count, nll_to_perplexity
 
@@ -77,7 +77,7 @@ def check_model_name(name: str) -> None:
     if path.exists():
         if path.suffix != '.gguf': raise ValueError(f"model {name!r} is a file but not a .gguf model: {how}")
         return
-    if name.endswith('.gguf') or name.startswith(('/', './', '../', '~')):
+    if name.endswith('.gguf') or name.startswith(LOCAL_PREFIXES):
         raise FileNotFoundError(f"no model at {name!r}; offline names: {', '.join(OFFLINE_NAMES)}")
     if not _HUB_ID.match(name):
         raise ValueError(f"model {name!r} is not an offline name ({', '.join(OFFLINE_NAMES)}), an existing folder or "
@@ -264,13 +264,14 @@ def _check_run_folder(out: str, resume, overwrite: bool) -> None:
         raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
                          "--overwrite deletes it and starts again; give one")
     if resume is True: prepare_run_folder(out, 'resume', dry_run=True)      # a run with a complete checkpoint is there
-    elif resume:                                               # a checkpoint: its run continues, in --out if that is elsewhere
+    elif resume:                                               # a checkpoint (or a run folder): its run continues, in --out if elsewhere
         checkpoint = Path(resume)
-        if not (checkpoint/'extra.json').is_file():
-            raise FileNotFoundError(f"resume {resume}: not a checkpoint folder (no extra.json); give one of a run's checkpoint "
-                                    f"folders (e.g. {Path(out)/'cycle-1'}), or --resume alone for the newest in --out")
-        prepare_run_folder(checkpoint.parent, 'resume', dry_run=True)
-        if Path(out).resolve() != checkpoint.parent.resolve(): prepare_run_folder(out, 'new', dry_run=True)
+        run_dir = checkpoint if (checkpoint/'run.json').is_file() else checkpoint.parent
+        if run_dir == checkpoint.parent and not (checkpoint/'extra.json').is_file():
+            raise FileNotFoundError(f"resume {resume}: neither a run folder (run.json) nor a checkpoint folder (extra.json); give a "
+                                    f"run's checkpoint folder (e.g. {run_dir/'cycle-1'}), or --resume alone for the newest in --out")
+        prepare_run_folder(run_dir, 'resume', dry_run=True)
+        if Path(out).resolve() != run_dir.resolve(): prepare_run_folder(out, 'new', dry_run=True)
     else: prepare_run_folder(out, 'overwrite' if overwrite else 'new', dry_run=True)   # --overwrite refuses a user's files here
 
 def _settings_from_run(a) -> list[str]:
@@ -303,10 +304,14 @@ def _run(a) -> dict:
     if 'mixed_precision' not in cfg:                          # a resume keeps the run's own precision unless --dtype is given
         try: cfg['mixed_precision'] = mixed_precision_for(device, getattr(torch, a.dtype) if a.dtype else None)   # fp32 weights, autocast
         except ValueError as e: raise ValueError(f"dtype {a.dtype} cannot train on {device}: {e}") from e
+    try: autocast(device, cfg['mixed_precision'])             # e.g. a bf16 run resumed on a T4
+    except ValueError as e:
+        raise ValueError(f"mixed precision {cfg['mixed_precision']} cannot run on {device} ({' '.join(str(e).split())}): "
+                         "pass --dtype float16 (or float32)") from e
     PlasticityConfig(**cfg)                                   # every plasticity setting, checked before anything loads
     check_settings(block_size=a.block_size, batch_size=a.batch_size, max_blocks=a.max_blocks)   # the data's settings
+    _check_run_folder(a.out, a.resume, a.overwrite)           # before the corpus: a hub dataset may take a while to fetch
     text = load_corpus(a.corpus)
-    _check_run_folder(a.out, a.resume, a.overwrite)
     if from_run: say(f"sentinel: resuming with the run's own settings from its run.json (given now: "
                      f"{', '.join(sorted(getattr(a, 'explicit', set()) - {'out', 'resume'})) or 'none'})")
     t0 = time.perf_counter()

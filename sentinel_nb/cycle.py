@@ -20,7 +20,7 @@ from .metrics import evaluate, model_device
 from .importance import head_importance
 from .prune import prune_heads, prunable_count, STRATEGIES as PRUNE_STRATEGIES
 from .grow import grow_heads, STRATEGIES as GROW_STRATEGIES, INITS as GROW_INITS
-from .train import FineTuner, _cycle
+from .train import FineTuner, _cycle, _installed_gates, _check_precision
 from .log import (ExperimentLog, CheckpointError, RunFolderError, new_run_id, prepare_run_folder, write_run_info,
                              read_run_info, run_info_differences, latest_checkpoint, save_checkpoint, load_checkpoint)
 
@@ -212,21 +212,18 @@ def _set_rng_state(s: dict):
     torch.set_rng_state(s['torch'])
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-def data_fingerprint(data: dict, n_blocks: int = 4) -> dict:
-    "Per split: number of blocks, block length, batch size and a hash of `n_blocks` blocks' token ids (to refuse a resume on other data)."
+def data_fingerprint(data: dict) -> dict:
+    "Per split: number of blocks, block length, batch size and a hash of every block's token ids (to refuse a resume on other data)."
     out = {}
     for split, loader in sorted(data.items()):
         ds = loader.dataset; n = len(ds)
-        picks = sorted({round(i * (n - 1) / max(1, n_blocks - 1)) for i in range(n_blocks)}) if n else []
+        # every block, so that an edit anywhere in the corpus is seen (12M tokens hash in about 0.1 s)
+        ids = ds['input_ids'] if hasattr(ds, 'column_names') else [r['input_ids'] for r in ds]   # datasets: one column read
         h = hashlib.sha256()
-        for i in picks: h.update(np.asarray(ds[i]['input_ids'], dtype=np.int64).tobytes())
+        for block in ids: h.update(np.asarray(block, dtype=np.int64).tobytes())
         out[split] = {'blocks': n, 'block_size': len(ds[0]['input_ids']) if n else 0, 'batch_size': loader.batch_size,
                       'tokens_sha256': h.hexdigest()[:16]}
     return out
-
-def _installed_gates(model) -> HeadGates | None:
-    try: return HeadGates.of(model)
-    except ValueError: return None
 
 def dense_copy(model):
     "A deep copy of `model` (eval mode, frozen) without its `HeadGates` hooks: every head on, whatever happens to `model`."
@@ -240,8 +237,9 @@ def dense_copy(model):
 # %% ../nbs/10_cycle.ipynb #fee8bbb0
 TRAINER_FILE = 'trainer.pt'   # in a checkpoint written inside a training phase: FineTuner state, random states
 
-def _diverged(phase: str, step: int, why: str) -> str:
-    return f"training diverged: {why} at step {step} ({phase}) (lower --lr or use --stability-level 2)"
+def _diverged(phase: str, step: int, why: str, stability_level: int) -> str:
+    fix = "lower --lr" if stability_level >= 2 else "lower --lr or use --stability-level 2"   # level 2 already rolls back
+    return f"training diverged: {why} at step {step} ({phase}) ({fix})"
 
 class PlasticityRunner:
     "Runs warm-up and plasticity cycles on `model` with `data`, writing events to `log` (see `run_plasticity`)."
@@ -278,11 +276,7 @@ class PlasticityRunner:
             if not hasattr(data[split], 'dataset') or len(data[split].dataset) == 0:
                 raise ValueError(f"data[{split!r}] must be a DataLoader over at least one block, got {data[split]!r}: "
                                  "use more text or a smaller block_size")
-        half = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)})
-        if half and (cfg.steps > 0 or cfg.warmup_max_steps > 0):
-            raise ValueError(f"the model's weights are {', '.join(half)}: training needs float32 master weights (half-precision "
-                             "updates round away or overflow). Load it with load_model(name, dtype=torch.float32) or call "
-                             "model.float(); mixed_precision='auto' then computes in fp16/bf16 on a GPU")
+        if cfg.steps > 0 or cfg.warmup_max_steps > 0: _check_precision(model, 'no', None)   # half-precision weights cannot train
         L, H = head_counts(model)[:2]
         outside = [p for p in cfg.protected if not (p[0] < L and p[1] < H)]
         if outside: raise ValueError(f"protected heads {outside} are outside the model's {L} layers x {H} heads: "
@@ -448,7 +442,8 @@ class PlasticityRunner:
             self.position = None
             why = (f"the loss is {res['losses'][-1]}" if self.cfg.stability_level == 0 else
                    "10 steps in a row with a non-finite loss or gradient")
-            self.diverged = _diverged(pos['phase'] if pos['phase'] == 'warmup' else f"learn, cycle {pos['cycle']}", self.global_step, why)
+            self.diverged = _diverged(pos['phase'] if pos['phase'] == 'warmup' else f"learn, cycle {pos['cycle']}", self.global_step, why,
+                                     self.cfg.stability_level)
             return True
         return False
 
@@ -457,7 +452,7 @@ class PlasticityRunner:
         ppl = measured.get('perplexity', math.nan)
         if math.isfinite(ppl): return False
         self.position = None
-        self.diverged = _diverged(phase, self.global_step, f"validation perplexity is {ppl}")
+        self.diverged = _diverged(phase, self.global_step, f"validation perplexity is {ppl}", self.cfg.stability_level)
         return True
 
     # --- phases --------------------------------------------------------------------------------------------

@@ -257,7 +257,8 @@ def save_checkpoint(folder, model, gates=None, log: ExperimentLog | None = None,
     return folder
 
 # %% ../nbs/09_log.ipynb #e058a79a
-_FIX_CK = "Resume from another checkpoint (`latest_checkpoint(out)` finds the newest good one) or start the run again."
+_FIX_CK = ("Resume from an earlier checkpoint (--resume OUT/cycle-N; resume=OUT/cycle-N in Python) "
+           "or start the run again.")
 
 def _listed(names, n: int = 5) -> str:
     names = sorted(names)
@@ -289,8 +290,8 @@ def _check_weights(path: Path, model) -> str | None:
         raise CheckpointError(f"{path} cannot be read ({e}): it is truncated or corrupt. {_FIX_CK}") from None
     if wrong: raise CheckpointError(f"{path}: {len(wrong)} tensors have other shapes than this model's ({_listed(wrong, 3)}): "
                                     f"a checkpoint of another model (see run.json). Load it into the model it was saved from.")
-    if bad: raise CheckpointError(f"{path}: non-finite values (nan/inf) in {len(bad)} tensors ({_listed(bad)}): the run had diverged "
-                                  f"when it was saved. {_FIX_CK}")
+    if bad: raise CheckpointError(f"{path}: non-finite values (nan/inf) in {len(bad)} tensors ({_listed(bad)}): the file is damaged "
+                                  f"(a run that diverges writes no checkpoint). {_FIX_CK}")
     return meta.get('run_id')
 
 def _model_heads(model, gates) -> tuple[int, int] | None:
@@ -420,7 +421,7 @@ def _flat(d, prefix: str = '') -> dict:
 _MISSING = '<missing>'
 def _show(v) -> str: return v if v is _MISSING else json.dumps(v)
 
-def run_info_differences(saved: dict, now: dict, ignore=('config.cycles', 'created')) -> list[str]:
+def run_info_differences(saved: dict, now: dict, ignore=('config.cycles', 'config.mixed_precision', 'created')) -> list[str]:
     "`'data.block_size: 128 -> 64'` for every nested key whose value differs between `saved` and `now` (`ignore`d keys and their children skipped)."
     a, b = _flat(_plain(saved)), _flat(_plain(now))
     skip = lambda k: any(k == i or k.startswith(i + '.') for i in ignore)
@@ -437,6 +438,8 @@ def _is_checkpoint_dir(p: Path) -> bool:
     if p.is_symlink() or not p.is_dir(): return False
     m = _TMP.match(p.name)
     if not re.fullmatch(CHECKPOINT_NAMES, m['base'] if m else p.name): return False
+    # a `.tmp` folder is one that `save_checkpoint` was writing when the run was killed: its files are the run's
+    if m: return all(e.is_file() and not e.is_symlink() for e in p.iterdir())
     try: recorded = set(json.loads((p/'extra.json').read_text()).get('checkpoint_files') or {})   # incl. `extra_files`
     except (OSError, ValueError, AttributeError): recorded = set()
     known = set(CHECKPOINT_FILES) | recorded

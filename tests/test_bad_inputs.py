@@ -215,7 +215,7 @@ def test_resume_empty_folder(capsys, tmp_path):
 
 def test_resume_missing_checkpoint(capsys, run_copy):
     before = tree_hash(run_copy)
-    error_line(capsys, ['run', '--out', str(run_copy), '--resume', str(run_copy/'cycle-7')], 'cycle-7', 'not a checkpoint folder (no extra.json)')
+    error_line(capsys, ['run', '--out', str(run_copy), '--resume', str(run_copy/'cycle-7')], 'cycle-7', 'nor a checkpoint folder (extra.json)')
     assert tree_hash(run_copy) == before
 
 def test_overwrite_deletes_nothing_when_a_later_check_fails(capsys, run_copy, text_file):
@@ -256,14 +256,17 @@ def test_new_out_is_not_created_by_a_refused_run(capsys, tmp_path, text_file):
 def test_resume_a_folder_that_is_not_a_checkpoint(capsys, run_copy):
     (run_copy/'notes').mkdir(); (run_copy/'notes'/'a.txt').write_text('mine')
     before = tree_hash(run_copy)
-    error_line(capsys, ['run', '--out', str(run_copy), '--resume', str(run_copy/'notes')], 'notes', 'not a checkpoint folder (no extra.json)')
+    error_line(capsys, ['run', '--out', str(run_copy), '--resume', str(run_copy/'notes')], 'notes', 'nor a checkpoint folder (extra.json)')
     assert tree_hash(run_copy) == before
 
-def test_resume_the_run_folder_itself_as_a_checkpoint(capsys, run_copy):
-    "--resume OUT (the run folder, not one of its checkpoints): refused, pointing at OUT/cycle-1 and at --resume alone."
-    before = tree_hash(run_copy)
-    error_line(capsys, ['run', '--out', str(run_copy), '--resume', str(run_copy)], 'not a checkpoint folder', 'cycle-1', '--resume alone')
-    assert tree_hash(run_copy) == before
+def test_resume_the_run_folder_itself(capsys, run_copy):
+    "--resume OUT (the run folder, not one of its checkpoints) is --resume alone: the run continues from its newest checkpoint."
+    n_events = len((run_copy/'events.jsonl').read_text().splitlines())
+    rc = main(['run', '--out', str(run_copy), '--resume', str(run_copy)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    kinds = [json.loads(l)['kind'] for l in (run_copy/'events.jsonl').read_text().splitlines()]
+    assert 'resume' in kinds[n_events - 2:] and kinds[-1] == 'end', kinds      # the finished run resumed, and ended again
 
 def test_resume_with_other_settings(capsys, run_copy, text_file):
     "Only --cycles may change on --resume: another --steps is refused, naming the difference, before any training."

@@ -431,3 +431,16 @@ def test_extra_files_are_part_of_the_atomic_checkpoint(tmp_path):
     refused_without_loading(folder, 'trainer.pt is missing: the checkpoint is incomplete')
     (folder/'optimizer.pt').write_bytes(b'x')                                        # not recorded: not the run's
     with pytest.raises(RunFolderError, match='cycle-1/'): prepare_run_folder(tmp_path, 'overwrite')
+
+def test_a_resume_may_change_only_cycles_and_mixed_precision():
+    "A run started on an A100 (bf16) resumes on a T4 (fp16): the device's precision is not a different run."
+    saved = {'config': {'cycles': 2, 'mixed_precision': 'bf16', 'steps': 40}, 'created': 'then'}
+    assert run_info_differences(saved, {'config': {'cycles': 3, 'mixed_precision': 'fp16', 'steps': 40}, 'created': 'now'}) == []
+    assert run_info_differences(saved, {'config': {'cycles': 2, 'mixed_precision': 'bf16', 'steps': 4}}) == ['config.steps: 40 -> 4']
+
+def test_overwrite_takes_a_checkpoint_half_written_by_a_killed_run(tmp_path):
+    "A kill inside save_checkpoint leaves NAME.tmp-XXXX/ with some of its files (trainer.pt first): it is the run's, not the user's."
+    out = tmp_path/'run'; out.mkdir(); (out/'run.json').write_text('{}')
+    tmp = out/'stopped.tmp-1a2b3c4d'; tmp.mkdir(); (tmp/'trainer.pt').write_bytes(b'partial')
+    prepare_run_folder(out, 'overwrite')
+    assert list(out.iterdir()) == []

@@ -221,3 +221,11 @@ def test_stop_inside_learn_with_patience_then_resume_gives_the_same_run(tmp_path
         # no second start evaluation after the resume, and the same early stop at the same step
         assert [e['step'] for e in b.info['evals']] == [e['step'] for e in a.info['evals']] and b.info['stopped_by'] == a.info['stopped_by']
         assert [e['perplexity'] for e in b.info['evals']] == pytest.approx([e['perplexity'] for e in a.info['evals']], rel=1e-6)
+
+def test_the_data_fingerprint_sees_an_edit_anywhere():
+    "Every block is hashed: an edit of one block in the middle, same length, is another data set."
+    from sentinel_nb.cycle import data_fingerprint
+    edited = blocks(32, 0); edited[13]['input_ids'][5] = (edited[13]['input_ids'][5] % (TINY_VOCAB - 1)) + 1
+    other = {'train': DataLoader(edited, batch_size=4, collate_fn=collate_blocks), 'validation': DATA['validation']}
+    assert data_fingerprint(other)['train']['tokens_sha256'] != data_fingerprint(DATA)['train']['tokens_sha256']
+    assert data_fingerprint(other)['validation'] == data_fingerprint(DATA)['validation']
