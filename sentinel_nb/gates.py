@@ -253,6 +253,7 @@ class HeadUpdateScaler:
     "Hook `optimizer.step` so each head's parameter update is scaled by `gates.state.update_scale()`."
     def __init__(self, gates: 'HeadGates', optimizer: torch.optim.Optimizer):
         self.gates, self.optimizer, self._saved = gates, optimizer, []
+        self._parts = {}   # (layer, head) -> its weight slices: the layout never changes under soft pruning, so find it once
         self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
 
     def _slices(self) -> list:
@@ -265,7 +266,8 @@ class HeadUpdateScaler:
                 q_sc = scale[l][h]
                 kv_sc = kv_scale[l][h // rep] if h % rep == 0 else 1.   # each shared k/v once, via its group's first head
                 if q_sc == 1 and kv_sc == 1: continue
-                for name, s in head_weight_slices(g.model, l, h).parts.items():
+                if (l, h) not in self._parts: self._parts[l, h] = head_weight_slices(g.model, l, h).parts
+                for name, s in self._parts[l, h].items():
                     sc = kv_sc if name[0] in 'kv' else q_sc
                     if sc != 1: out.append((s, sc))
         return out
