@@ -237,6 +237,8 @@ def dense_copy(model):
 # %% ../nbs/10_cycle.ipynb #fee8bbb0
 TRAINER_FILE = 'trainer.pt'   # in a checkpoint written inside a training phase: FineTuner state, random states
 
+def _pair(key: str) -> list[int]: return [int(x) for x in key.split(',')]   # "layer,head" -> [layer, head]
+
 def _diverged(phase: str, step: int, why: str, stability_level: int) -> str:
     fix = "lower --lr" if stability_level >= 2 else "lower --lr or use --stability-level 2"   # level 2 already rolls back
     return f"training diverged: {why} at step {step} ({phase}) ({fix})"
@@ -501,7 +503,10 @@ class PlasticityRunner:
                              max_per_cycle=cfg.max_prune_per_cycle, protected=protected)
             self.log.add(kind='prune', cycle=c, step=self.global_step, heads=pr.heads, scores=scores, threshold=pr.threshold,
                          metrics_before=_metrics(before), head_state=g.state.state_dict(),
-                         info={'strategy': pr.strategy, 'level': cfg.prune_level, 'requested': want, 'count': len(pr.heads), 'grace': young})
+                         info={'strategy': pr.strategy, 'level': cfg.prune_level, 'requested': want, 'count': len(pr.heads), 'grace': young,
+                               # the runner protects its young heads: say which of prune_heads' 'protected' were in their grace period
+                               'skipped': {k: 'grace period' if v == 'protected' and _pair(k) in young and _pair(k) not in cfg.protected
+                                           else v for k, v in pr.skipped.items()}})
             self._phase('measure', c)
             pruned = self.measure()
             self.log.add(kind='measure', cycle=c, step=self.global_step, metrics_before=_metrics(before), metrics_after=_metrics(pruned),

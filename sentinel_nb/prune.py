@@ -28,6 +28,7 @@ class PruneResult:
     level: float | None            # the requested fraction of active heads, if given
     count: int                     # heads pruned
     requested: int = 0             # heads asked for; > count only when `max_per_cycle` capped the cycle
+    skipped: dict = field(default_factory=dict)   # {'layer,head': why} for active heads a safeguard kept (JSON-ready)
 
 # %% ../nbs/06_prune.ipynb #eacd14fe
 def _scores_for(scores, strategy: str, shape: tuple[int, int]) -> tuple[torch.Tensor, bool]:
@@ -89,13 +90,16 @@ def prune_heads(model_or_gates, scores, level: float | None = None, count: int |
     if torch.isnan(s[candidates]).any(): raise ValueError(f"scores for strategy {strategy!r} contain NaN for active heads")
     target = n if max_per_cycle is None else min(n, max_per_cycle)
     ranked = sorted(((-v if high_first else v), l, h) for (l, h), v in zip(candidates.nonzero().tolist(), s[candidates].tolist()))
-    left, chosen = active.sum(1), []                                        # active heads per layer [layers]
+    # why each active head that the scores alone would have pruned was kept: the decision view shows it
+    skipped = {f'{l},{h}': 'protected' for l, h in (active & ~candidates).nonzero().tolist()}
+    left, chosen, capped = active.sum(1), [], []                            # active heads per layer [layers]
     for _, l, h in ranked:
-        if len(chosen) == target: break
-        if left[l] - 1 < min_heads_per_layer: continue
-        chosen.append((l, h)); left[l] -= 1
+        if len(chosen) + len(capped) == n: break
+        if left[l] - 1 < min_heads_per_layer: skipped[f'{l},{h}'] = 'layer at minimum'; continue
+        (chosen if len(chosen) < target else capped).append((l, h)); left[l] -= 1
+    skipped.update({f'{l},{h}': 'cycle cap' for l, h in capped})            # `max_per_cycle` stopped before them
     for l, h in chosen: g.state.active[l, h] = False
-    return PruneResult(chosen, strategy, float(s[chosen[-1]]) if chosen else None, s.tolist(), level, len(chosen), n)
+    return PruneResult(chosen, strategy, float(s[chosen[-1]]) if chosen else None, s.tolist(), level, len(chosen), n, skipped)
 
 # %% ../nbs/06_prune.ipynb #6a7119d4
 def pruned_heads(model_or_gates) -> list[tuple[int, int]]:

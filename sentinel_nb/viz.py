@@ -51,7 +51,7 @@ STATE_NAMES = ('original', 'pruned', 'grown, ramping', 'grown', 'protected')   #
 STATE_COLORS = {'original': '#4c78a8', 'pruned': '#d0d0d0', 'grown, ramping': '#f2cf5b', 'grown': '#54a24b',
                 'protected': '#7b4ea3'}
 OUTCOME_COLORS = {'chosen': '#e45756', 'kept': '#4c78a8', 'protected': '#7b4ea3', 'grace period': '#f2cf5b',
-                  'layer at minimum': '#ff9d3a', 'left pruned': '#bab0ac', 'not a candidate': '#d0d0d0'}
+                  'layer at minimum': '#ff9d3a', 'cycle cap': '#9ecae9', 'left pruned': '#bab0ac', 'not a candidate': '#d0d0d0'}
 PHASE_COLORS = {'warmup': 'rgba(242,207,91,0.18)', 'learn': 'rgba(84,162,75,0.12)'}
 EVENT_COLORS = {'prune': '#e45756', 'grow': '#54a24b'}
 FONT = dict(family='system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif', size=12)

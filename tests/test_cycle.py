@@ -219,3 +219,13 @@ def test_half_precision_weights_are_refused_before_any_work(tmp_path, dtype):
         run_plasticity(model, DATA, out=tmp_path/'run', cycles=1, progress=False, **SMALL)
     assert not (tmp_path/'run').exists()
     assert not model.transformer.h[0].attn.c_proj._forward_pre_hooks       # no gates left behind
+
+def test_prune_events_say_why_heads_were_kept():
+    "Cycle 2 protects cycle 1's newcomers (grace period) and the user's protected heads: the prune event says which is which."
+    log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), DATA, cycles=2, progress=False, protected=[[0, 0]],
+                         **{**SMALL, 'grace_steps': 100})
+    first, second = log.filter('prune')
+    assert first.info['skipped'].get('0,0') == 'protected'
+    grown = [f'{l},{h}' for l, h in log.filter('grow', cycle=1)[0].heads]
+    assert grown and all(second.info['skipped'].get(k) == 'grace period' for k in grown), (grown, second.info['skipped'])
+    assert second.info['skipped'].get('0,0') == 'protected'

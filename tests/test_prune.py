@@ -127,3 +127,18 @@ def test_safeguards_property(wide, data, strategy, min_heads, level, use_count, 
     # the pruned heads are the weakest in their direction among the candidates that could still go
     if r.heads and strategy != 'entropy_high':
         assert r.threshold == max(float(scores[l, h]) for l, h in r.heads)
+
+def test_skipped_heads_say_which_safeguard_kept_them():
+    "The decision record: every active head the scores alone would have pruned, and the safeguard that kept it."
+    with HeadGates(tiny_model('gpt2', n_layer=2, n_head=4)) as g:
+        scores = torch.tensor([[0.1, 0.2, 0.3, 0.9], [0.05, 0.8, 0.85, 0.95]])    # layer 0 weakest, then head (1, 0)
+        pr = prune_heads(g, scores, count=4, strategy='gradient', min_heads_per_layer=2, max_per_cycle=2, protected=[(0, 0)])
+        # ranked: (1,0) 0.05, (0,1) 0.2, (0,2) 0.3 -> layer 0 then has 2 left: (0,3) kept by the minimum; cap 2 of 4
+        assert pr.heads == [(1, 0), (0, 1)]
+        assert pr.skipped == {'0,0': 'protected', '0,2': 'cycle cap', '1,1': 'cycle cap'}, pr.skipped
+        restore_heads(g)
+        scores = torch.tensor([[0.1, 0.2, 0.3, 0.9], [0.5, 0.8, 0.85, 0.95]])
+        pr = prune_heads(g, scores, count=2, strategy='gradient', min_heads_per_layer=3)
+        # (0,0) goes; (0,1) and (0,2) rank next but layer 0 must keep 3 heads; (1,0) goes
+        assert pr.heads == [(0, 0), (1, 0)]
+        assert pr.skipped == {'0,1': 'layer at minimum', '0,2': 'layer at minimum'}, pr.skipped
