@@ -14,12 +14,9 @@ from sentinel_nb.log import ExperimentLog, validate_log, RunFolderError
 def one_thread():
     n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
 
-def blocks(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [{'input_ids': torch.randint(1, TINY_VOCAB, (16,), generator=g).tolist()} for _ in range(n)]
+from tiny_data import tiny_data   # shared tiny loaders (tests/tiny_data.py)
 
-DATA = {'train': DataLoader(blocks(32, 0), batch_size=4, collate_fn=collate_blocks),
-        'validation': DataLoader(blocks(8, 1), batch_size=4, collate_fn=collate_blocks)}
+DATA = tiny_data()
 SMALL = dict(steps=4, warmup_max_steps=4, warmup_window=2, score_batches=1, eval_batches=1, ramp_steps=2, boost_steps=3,
              prune_level=0.25, grow_ratio=0.5)
 

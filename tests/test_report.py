@@ -3,13 +3,12 @@ import importlib.util, json, re, shutil
 from html.parser import HTMLParser
 from pathlib import Path
 import pytest, torch
-from torch.utils.data import DataLoader
 from plotly.offline import get_plotlyjs
-from sentinel_nb.models import tiny_model, tiny_tokenizer, TINY_VOCAB
-from sentinel_nb.data import collate_blocks, load_corpus
+from sentinel_nb.models import tiny_model, tiny_tokenizer
+from sentinel_nb.data import load_corpus
 from sentinel_nb.cycle import run_plasticity
-from sentinel_nb.log import ExperimentLog, Event, LogFileError
-from sentinel_nb.report import export_report, report_inputs, generations_frame, esc, REPORT_NAME
+from sentinel_nb.log import LogFileError
+from sentinel_nb.report import export_report, generations_frame, esc, REPORT_NAME
 from sentinel_nb.cli import main
 
 CHROMIUM = Path('/usr/bin/chromium')
@@ -18,16 +17,13 @@ TINY_RUN = ['--cycles', '1', '--steps', '1', '--warmup-max-steps', '0', '--block
 TABS = ['overview', 'timeline', 'heads', 'decisions', 'generations', 'events', 'environment']
 ATTACK = '<script>alert(1)</script>'
 
-def blocks(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [{'input_ids': torch.randint(1, TINY_VOCAB, (16,), generator=g).tolist()} for _ in range(n)]
+from tiny_data import tiny_data   # shared tiny loaders (tests/tiny_data.py)
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     "The folder of a two-cycle run of a tiny GPT-2 (with samples), and its report."
     n = torch.get_num_threads(); torch.set_num_threads(1)
-    data = {'train': DataLoader(blocks(32, 0), batch_size=4, collate_fn=collate_blocks),
-            'validation': DataLoader(blocks(8, 1), batch_size=4, collate_fn=collate_blocks)}
+    data = tiny_data()
     out = tmp_path_factory.mktemp('report')/'run'
     log = run_plasticity(tiny_model('gpt2', n_layer=2, n_head=4), data, tiny_tokenizer(), out=out, cycles=2, steps=3,
                          warmup_max_steps=2, warmup_window=2, score_batches=1, eval_batches=1, prune_level=0.25,

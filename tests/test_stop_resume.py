@@ -11,13 +11,7 @@ from sentinel_nb.cycle import run_plasticity, RunControl, INTERRUPTED, TRAINER_F
 def one_thread():
     n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
 
-def blocks(n, seed, length=16):
-    g = torch.Generator().manual_seed(seed)
-    return [{'input_ids': torch.randint(1, TINY_VOCAB, (length,), generator=g).tolist()} for _ in range(n)]
-
-def make_data(train_seed=0, batch_size=4, length=16):
-    return {'train': DataLoader(blocks(32, train_seed, length), batch_size=batch_size, collate_fn=collate_blocks),
-            'validation': DataLoader(blocks(8, 1, length), batch_size=4, collate_fn=collate_blocks)}
+from tiny_data import blocks, tiny_data as make_data   # shared tiny loaders (tests/tiny_data.py)
 
 DATA = make_data()
 SMALL = dict(cycles=2, steps=6, warmup_max_steps=6, warmup_window=2, score_batches=1, eval_batches=1, ramp_steps=2,

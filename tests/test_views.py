@@ -1,14 +1,12 @@
 "Views that need a model (sentinel_nb.views) on tiny random models and a tiny real run: grid, head pattern, entropy, checkpoints, generations."
 import copy, json, math, warnings
 import numpy as np, pandas as pd, pytest, torch
-from torch.utils.data import DataLoader
-from sentinel_nb.models import tiny_model, tiny_tokenizer, TINY_VOCAB
-from sentinel_nb.data import collate_blocks
+from sentinel_nb.models import tiny_model, tiny_tokenizer
 from sentinel_nb.gates import HeadGates
 from sentinel_nb.metrics import perplexity, degeneration_metrics
 from sentinel_nb.cycle import run_plasticity
 from sentinel_nb.log import CheckpointError
-from sentinel_nb.viz import STATE_NAMES, STATE_COLORS, head_label
+from sentinel_nb.viz import STATE_COLORS, head_label
 from sentinel_nb.views import (attention_patterns, attention_grid, head_pattern, attention_entropy, entropy_by_head, compare_heads,
                                load_checkpoint_model, checkpoint_folder, compare_generations, generations_table, token_labels,
                                GENERATION_COLUMNS)
@@ -114,13 +112,10 @@ def test_generations_table_escapes_every_generated_text(tok):
     assert '<b>hi' not in table and '&lt;b&gt;hi&lt;/b&gt;' in table and '<i>m' not in table
     with pytest.raises(ValueError, match='lacks'): generations_table(pd.DataFrame({'x': [1]}))
 
-def blocks(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [{'input_ids': torch.randint(1, TINY_VOCAB, (16,), generator=g).tolist()} for _ in range(n)]
+from tiny_data import tiny_data   # shared tiny loaders (tests/tiny_data.py)
 
 def test_checkpoints_of_a_real_run_load_and_compare(tmp_path, tok):
-    data = {'train': DataLoader(blocks(32, 0), batch_size=4, collate_fn=collate_blocks),
-            'validation': DataLoader(blocks(8, 1), batch_size=4, collate_fn=collate_blocks)}
+    data = tiny_data()
     out = tmp_path/'run'
     log = run_plasticity(tiny_model('gpt2'), data, out=out, cycles=1, steps=4, warmup_max_steps=4, warmup_window=2, score_batches=1,
                          eval_batches=1, ramp_steps=6, prune_level=0.25, grow_ratio=0.5, progress=False)

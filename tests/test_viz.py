@@ -1,22 +1,16 @@
 "Figures from the log (sentinel_nb.viz) on the log of a small real run: head map, timeline, decisions, history, metrics."
-import json
 import numpy as np, pytest, torch
-from torch.utils.data import DataLoader
-from sentinel_nb.models import tiny_model, TINY_VOCAB
-from sentinel_nb.data import collate_blocks
+from sentinel_nb.models import tiny_model
 from sentinel_nb.gates import HeadGates, HeadState
 from sentinel_nb.prune import prune_heads
 from sentinel_nb.cycle import run_plasticity, RunControl
 from sentinel_nb.log import ExperimentLog, Event, LogFileError
 from sentinel_nb.viz import (as_log, head_map, timeline, score_maps, decision_table, decision_view, decision_views,
-                             head_history, head_history_map, metrics_table, head_label, head_states, STATE_NAMES)
+                             head_history, head_history_map, metrics_table, head_label, STATE_NAMES)
 
-def blocks(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [{'input_ids': torch.randint(1, TINY_VOCAB, (16,), generator=g).tolist()} for _ in range(n)]
+from tiny_data import tiny_data   # shared tiny loaders (tests/tiny_data.py)
 
-DATA = {'train': DataLoader(blocks(32, 0), batch_size=4, collate_fn=collate_blocks),
-        'validation': DataLoader(blocks(8, 1), batch_size=4, collate_fn=collate_blocks)}
+DATA = tiny_data()
 SMALL = dict(steps=4, warmup_max_steps=4, warmup_window=2, score_batches=1, eval_batches=1, ramp_steps=6, boost_steps=3,
              grace_steps=8, prune_level=0.25, grow_ratio=0.5, protected=[[0, 0]], progress=False)
 
