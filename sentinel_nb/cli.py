@@ -263,13 +263,16 @@ def _add_report(sub):
     p.add_argument('run', help='a run folder (the --out of sentinel run), or its log.json / events.jsonl')
     p.add_argument('-o', '--output', default=None, help='the HTML file to write (default: report.html in the run folder)')
     p.add_argument('--title', default=None, help='the title of the report (default: the model and corpus)')
+    p.add_argument('--no-attention', dest='attention', action='store_false',
+                   help="leave out the Attention tab (it loads the run's first and last checkpoint into its model)")
+    p.add_argument('--prompt', default=None, help="the prompt of the Attention tab (default: the run's longest prompt)")
     p.set_defaults(func=_report)
 
 def _report(a) -> dict:
     from sentinel_nb.report import export_report, REPORT_NAME
     run = Path(a.run)
     output = Path(a.output) if a.output else (run if run.is_dir() else run.parent)/REPORT_NAME
-    path = export_report(run, output, title=a.title)
+    path = export_report(run, output, title=a.title, attention=a.attention, prompt=a.prompt)
     print(f"sentinel: report written to {path} ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     return {'report': str(path), 'bytes': path.stat().st_size}
 

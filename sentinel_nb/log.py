@@ -17,8 +17,8 @@ from .gates import HeadState
 # %% auto #0
 __all__ = ['EVENT_KINDS', 'SCHEMA_VERSION', 'CHECKPOINT_FILES', 'RUN_FILES', 'RUN_MODES', 'CHECKPOINT_NAMES', 'RunFolderError',
            'CheckpointError', 'LogFileError', 'Event', 'ExperimentLog', 'validate_log', 'new_run_id', 'save_checkpoint',
-           'load_checkpoint', 'latest_checkpoint', 'write_run_info', 'read_run_info', 'run_info_differences',
-           'prepare_run_folder']
+           'load_checkpoint', 'run_checkpoints', 'latest_checkpoint', 'write_run_info', 'read_run_info',
+           'run_info_differences', 'prepare_run_folder']
 
 # %% ../nbs/09_log.ipynb #8ec0d340
 class RunFolderError(ValueError):
@@ -387,13 +387,18 @@ def _checkpoint_step(folder: Path) -> int | None:
     step = extra.get('global_step', -1)
     return step if isinstance(step, int) else -1
 
-def latest_checkpoint(out) -> Path | None:
-    "The newest complete checkpoint folder in the run folder `out` (highest `global_step`, then the latest written), or None."
+def run_checkpoints(out) -> list[Path]:
+    "Every complete checkpoint folder of the run folder `out`, oldest first (by `global_step`, then by when it was written)."
     out = Path(out)
-    if not out.is_dir(): return None
+    if not out.is_dir(): return []
     found = [(step, (p/'extra.json').stat().st_mtime_ns, p.name, p) for p in out.iterdir()
              if (step := _checkpoint_step(p)) is not None]
-    return max(found)[-1] if found else None
+    return [f[-1] for f in sorted(found)]
+
+def latest_checkpoint(out) -> Path | None:
+    "The newest complete checkpoint folder in the run folder `out` (highest `global_step`, then the latest written), or None."
+    found = run_checkpoints(out)
+    return found[-1] if found else None
 
 # %% ../nbs/09_log.ipynb #9151897f
 def write_run_info(out, info: dict) -> Path:

@@ -12,13 +12,16 @@ import pandas as pd
 import plotly
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
-from .log import ExperimentLog, Event, LogFileError
+from .log import ExperimentLog, Event, LogFileError, run_checkpoints
+from .models import load_model
 from .viz import (as_log, timeline, head_map, head_history_map, score_maps, decision_views, metrics_table, head_label,
                   _phase_name, _state_events, _config)
-from .views import generations_table
+from .views import (generations_table, attention_patterns, attention_mosaic, entropy_by_head, compare_heads,
+                               load_checkpoint_model)
 
 # %% auto #0
-__all__ = ['REPORT_NAME', 'report_inputs', 'reproduce_command', 'visible', 'esc', 'generations_frame', 'export_report']
+__all__ = ['REPORT_NAME', 'ATTENTION_PROMPT', 'report_inputs', 'reproduce_command', 'visible', 'esc', 'generations_frame',
+           'export_report']
 
 # %% ../nbs/14_report.ipynb #990dee9a
 REPORT_NAME = 'report.html'      # what `sentinel run` leaves in --out
@@ -178,6 +181,46 @@ def _environment(log: ExperimentLog, info: dict) -> str:
                '<p class="muted">This run\'s log records no device or library versions; the versions above are those of '
                'the machine that wrote the report.</p>'))
 
+# %% ../nbs/14_report.ipynb #5e322769
+ATTENTION_PROMPT = 'The king said to his son that the king'   # when the run's prompts are all shorter than 8 tokens
+
+def _titled(fig, prefix: str):
+    "`fig` with `prefix` put before its title."
+    return fig.update_layout(title_text=prefix + (fig.layout.title.text or ''))
+
+def _attention(log: ExperimentLog, info: dict, folder, figs: _Figures, model=None, tokenizer=None, prompt: str | None = None,
+               max_tokens: int = 16, max_grown: int = 6) -> str:
+    "The Attention tab: the first and last checkpoint's attention for one prompt (mosaic, entropy, grown heads before / after)."
+    cks = run_checkpoints(folder) if folder is not None else []
+    if not cks: return '<p class="muted">no checkpoint in this run folder (or a log alone was given): nothing to draw attention from</p>'
+    first, last = cks[0], cks[-1]
+    try:
+        if model is None or isinstance(model, (str, Path)):
+            name = model or (info.get('model') or {}).get('name')
+            if not name or name == (info.get('model') or {}).get('class'):
+                raise ValueError("run.json names no loadable model: pass model= (the model the run started from) to export_report")
+            model, loaded_tok = load_model(name)
+            tokenizer = tokenizer or loaded_tok
+        if tokenizer is None: raise ValueError("give tokenizer= with a model object")
+        before, after = load_checkpoint_model(first, model), load_checkpoint_model(last, model)
+    except (ValueError, OSError) as e:
+        return f'<p class="muted">attention not drawn: {esc(" ".join(str(e).split()))}</p>'
+    if not prompt:     # the run's longest prompt, unless it is too short to show a pattern
+        prompt = max((s['prompt'] for e in log.events for s in e.samples if s.get('prompt')), key=len, default='')
+        if len(tokenizer(prompt)['input_ids']) < 8: prompt = ATTENTION_PROMPT
+    pa, pb = (attention_patterns(m, tokenizer, prompt, max_tokens=max_tokens) for m in (before, after))
+    grown = list(dict.fromkeys(tuple(h) for e in log.filter('grow') for h in e.heads if pb['state'][h[0], h[1]] != 1))[:max_grown]
+    parts = [f'<p>Prompt <code>{esc(prompt)}</code> ({len(pb["tokens"])} tokens{", truncated" if pb["truncated"] else ""}) '
+             f'through <b>{esc(first.name)}</b> (before any pruning) and <b>{esc(last.name)}</b> (the last checkpoint). '
+             'Frames are each head\'s state in that checkpoint.</p>',
+             f'<h2>Every head, {esc(last.name)}</h2>', figs(attention_mosaic, pb),
+             f'<h2>Entropy per head: {esc(first.name)} and {esc(last.name)}</h2>',
+             *(figs(_titled, entropy_by_head(p), f'{name}: ') for name, p in ((first.name, pa), (last.name, pb)))]
+    parts.append('<h2>Grown heads: what the slot did before pruning, and what the grown head does</h2>' +
+                 (figs(compare_heads, pa, pb, None, None, grown, names=(first.name, last.name)) if grown else
+                  '<p class="muted">no grown head is active in the last checkpoint</p>'))
+    return ''.join(parts)
+
 # %% ../nbs/14_report.ipynb #7e987a5b
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -225,21 +268,28 @@ def _page(title: str, subtitle: str, tabs: dict[str, str]) -> str:
             f'<script>{_JS}</script></body></html>')
 
 # %% ../nbs/14_report.ipynb #930f9932
-def export_report(run, path, title: str | None = None) -> Path:
+def export_report(run, path, title: str | None = None, attention: bool = True, model=None, tokenizer=None,
+                  prompt: str | None = None) -> Path:
     """One self-contained HTML file of `run` (a run folder, a log.json / events.jsonl, or an `ExperimentLog`) at `path`:
-    plotly.js embedded once, no network needed, every generated text escaped. Returns the path written."""
+    plotly.js embedded once, no network needed, every generated text escaped. Returns the path written.
+
+    `attention`: draw the Attention tab from the run's checkpoints, loaded into `model` (a name, a folder or the model
+    object the run started from, with its `tokenizer`; default: the model named in run.json) for `prompt` (default: the
+    run's first prompt)."""
     log, info, folder = report_inputs(run)
     path = Path(path)
     if path.is_dir(): raise IsADirectoryError(f"report path {path} is a folder: give a file name, e.g. {path/REPORT_NAME}")
-    model = info.get('model'); model = model.get('name') if isinstance(model, dict) else model
+    named = info.get('model'); named = named.get('name') if isinstance(named, dict) else named
     corpus = info.get('corpus')
-    title = title or 'sentinel_nb run' + (f' of {model}' if model else '') + (f' on {corpus}' if corpus else '')
+    title = title or 'sentinel_nb run' + (f' of {named}' if named else '') + (f' on {corpus}' if corpus else '')
     figs = _Figures()
     tabs = {'Overview': _overview(log, info, folder),
             'Timeline': figs(timeline, log),
             'Heads': figs(head_map, log) + figs(head_history_map, log),
             'Decisions': _decisions(log, figs),
             'Generations': _generations(log),
+            'Attention': (_attention(log, info, folder, figs, model, tokenizer, prompt) if attention else
+                          '<p class="muted">not drawn (attention=False / --no-attention)</p>'),
             'Events': _table([_event_row(i, e) for i, e in enumerate(log.events)], 'events'),
             'Environment': _environment(log, info)}
     subtitle = f"{len(log.events)} events · run {info.get('run_id') or log.run_id or 'unknown'}"

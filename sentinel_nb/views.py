@@ -19,8 +19,8 @@ from .viz import STATE_NAMES, STATE_COLORS, style, head_label, head_states
 
 # %% auto #0
 __all__ = ['GENERATION_COLUMNS', 'attention_patterns', 'kv_group', 'head_title', 'attention_grid', 'token_labels', 'head_pattern',
-           'attention_entropy', 'entropy_by_head', 'compare_heads', 'checkpoint_folder', 'load_checkpoint_model',
-           'compare_generations', 'generations_table']
+           'attention_entropy', 'entropy_by_head', 'attention_mosaic', 'compare_heads', 'checkpoint_folder',
+           'load_checkpoint_model', 'compare_generations', 'generations_table']
 
 # %% ../nbs/13_views.ipynb #2c68d730
 def _is_eager(model) -> bool:
@@ -172,8 +172,47 @@ def entropy_by_head(model_or_patterns, tokenizer=None, prompt: str | None = None
     fig.update_yaxes(autorange='reversed', title='layer'); fig.update_xaxes(title='head', side='top')
     # the highest possible mean entropy for this prompt: uniform attention over every visible key
     n = len(p['tokens']); top = float(np.mean(np.log(np.arange(1, n + 1))))
-    return style(fig, f'Attention entropy per head ({n} tokens; uniform attention would give {top:.2f} nats)',
-                 height=max(320, 28 * L + 200))
+    fig = style(fig, f'Attention entropy per head ({n} tokens; uniform attention would give {top:.2f} nats)',
+                height=max(320, 28 * L + 200))
+    return fig.update_layout(margin=dict(t=100))      # room for the head axis on top, under the title
+
+# %% ../nbs/13_views.ipynb #9e981b9a
+def attention_mosaic(model_or_patterns, tokenizer=None, prompt: str | None = None, gates=None, max_tokens: int = 16) -> go.Figure:
+    """Every head of the model in ONE heatmap: a layers x heads mosaic of `max_tokens` x `max_tokens` patterns, each framed
+    in its gate-state colour; hover a tile for the head, its state, KV group and entropy. One trace whatever the size, so
+    SmolLM2's 270 heads stay as light as a few dozen thumbnails."""
+    if not isinstance(max_tokens, int) or max_tokens < 2: raise ValueError(f"max_tokens must be an int >= 2, got {max_tokens!r}")
+    p = _patterns(model_or_patterns, tokenizer, prompt, gates, max_tokens)
+    t = min(len(p['tokens']), max_tokens)               # causal: the first t queries only see the first t keys
+    att = p['attentions'][:, :, :t, :t].numpy()         # [layers, heads, t, t]
+    L, H, s = p['n_layers'], p['n_heads'], t + 1        # s: a tile and its one-cell gap
+    z = np.full((L * s - 1, H * s - 1), np.nan, dtype=np.float32)   # [layers*(t+1)-1, heads*(t+1)-1]; NaN = the gaps
+    # float32 numpy: plotly writes it as one binary (base64) array, a quarter the size of a JSON list of floats
+    for l in range(L):
+        for h in range(H): z[l * s:l * s + t, h * s:h * s + t] = att[l, h]
+    fig = go.Figure(go.Heatmap(z=z, zmin=0, zmax=1, colorscale='Blues', hoverinfo='skip', colorbar=dict(title='weight')))
+    ent = attention_entropy({'attentions': torch.from_numpy(att)}).numpy()
+    mid = (t - 1) / 2
+    # all frames in one layout update: add_shape per head re-validates every shape so far (seconds at 270 heads)
+    fig.update_layout(shapes=[dict(type='rect', x0=h * s - 0.5, x1=h * s + t - 0.5, y0=l * s - 0.5, y1=l * s + t - 0.5,
+                                   name=head_label(l, h), line=dict(color=STATE_COLORS[_state_name(p, l, h)], width=1.5))
+                              for l in range(L) for h in range(H)])
+    cells = [(l, h) for l in range(L) for h in range(H)]   # one invisible point per tile carries its hover text
+    fig.add_scatter(x=[h * s + mid for l, h in cells], y=[l * s + mid for l, h in cells], mode='markers', showlegend=False,
+                    marker=dict(size=max(4, 600 // max(L, H) // 2), opacity=0), name='heads',
+                    text=[f'{head_title(p, l, h)} ({_state_name(p, l, h)})<br>entropy {ent[l, h]:.2f} nats' for l, h in cells],
+                    hovertemplate='%{text}<extra></extra>')
+    for state in dict.fromkeys(_state_name(p, l, h) for l, h in cells):     # the frame colours as a legend
+        fig.add_scatter(x=[None], y=[None], mode='markers', name=state,
+                        marker=dict(symbol='square-open', size=12, color=STATE_COLORS[state], line=dict(width=3)))
+    fig.update_xaxes(tickvals=[h * s + mid for h in range(H)], ticktext=[f'H{h}' for h in range(H)], side='top', showgrid=False, zeroline=False)
+    fig.update_yaxes(tickvals=[l * s + mid for l in range(L)], ticktext=[f'L{l}' for l in range(L)], autorange='reversed',
+                     showgrid=False, zeroline=False, scaleanchor='x')
+    px = max(2., min(8., 700 / (L * s)))                # pixels per token cell: tall models get smaller tiles
+    fig = style(fig, f"Every head's attention: {L} layers x {H} heads, first {t} tokens{' of a longer prompt' if len(p['tokens']) > t or p['truncated'] else ''}",
+                height=int(L * s * px) + 160)
+    # the head labels sit on top: the state legend goes below the mosaic
+    return fig.update_layout(legend=dict(orientation='h', yanchor='top', y=-0.02, xanchor='left', x=0), margin=dict(t=80, b=60))
 
 # %% ../nbs/13_views.ipynb #09af2b84
 def _head_list(heads, p: dict) -> list[tuple[int, int]]:

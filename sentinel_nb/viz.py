@@ -53,7 +53,7 @@ STATE_COLORS = {'original': '#4c78a8', 'pruned': '#d0d0d0', 'grown, ramping': '#
 OUTCOME_COLORS = {'chosen': '#e45756', 'kept': '#4c78a8', 'protected': '#7b4ea3', 'grace period': '#f2cf5b',
                   'layer at minimum': '#ff9d3a', 'cycle cap': '#9ecae9', 'left pruned': '#bab0ac', 'not a candidate': '#d0d0d0'}
 PHASE_COLORS = {'warmup': 'rgba(242,207,91,0.18)', 'learn': 'rgba(84,162,75,0.12)'}
-EVENT_COLORS = {'prune': '#e45756', 'grow': '#54a24b'}
+EVENT_COLORS = {'prune': '#e45756', 'grow': '#54a24b', 'stop': '#37474f', 'resume': '#17becf'}
 FONT = dict(family='system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif', size=12)
 
 def style(fig: go.Figure, title: str = '', height: int | None = None) -> go.Figure:
@@ -181,8 +181,20 @@ def _decision_hover(log: ExperimentLog, i: int) -> str:
     return (f"<b>{e.kind}, cycle {e.cycle}, step {e.step}</b><br>{len(e.heads)} heads: {heads}<br>"
             f"perplexity before {_fmt(before_p)}, {what} {_fmt(after_p)}")
 
+def _active_before(log: ExperimentLog, i: int) -> int | None:
+    "Active heads in the last head-state snapshot at or before event `i` (None before the first)."
+    e = next((e for e in reversed(log.events[:i + 1]) if e.head_state is not None), None)
+    return None if e is None else int(np.sum(e.head_state['active']))
+
+def _control_hover(e: Event) -> str:
+    "A stop or resume event in words."
+    if e.kind == 'stop':
+        where = f", during {e.info['phase']}" if e.info.get('phase') else ''
+        return f"<b>stopped at step {e.step}</b> (cycle {e.cycle}{where})<br>{e.info.get('reason', 'no reason recorded')}"
+    return f"<b>resumed at step {e.step}</b> (cycle {e.cycle})<br>from {Path(str(e.info.get('folder', '?'))).name}"
+
 def timeline(run, smoothing: float = 0.3) -> go.Figure:
-    "Loss per step (raw and smoothed), measured perplexities, phase bands, prune / grow markers, active heads (right axis)."
+    "Loss per step (raw and smoothed), measured perplexities, phase bands, prune / grow and stop / resume markers, active heads (right axis)."
     log = as_log(run)
     fig = make_subplots(specs=[[{'secondary_y': True}]])
     phases = _train_phases(log)
@@ -216,6 +228,14 @@ def timeline(run, smoothing: float = 0.3) -> go.Figure:
                             mode='markers', name=kind, marker=dict(size=13, color=EVENT_COLORS[kind],
                             symbol='triangle-down' if kind == 'prune' else 'triangle-up', line=dict(width=1, color='white')),
                             text=[_decision_hover(log, i) for i, _ in evs], hovertemplate='%{text}<extra></extra>', secondary_y=True)
+    # a stopped and resumed run has a seam: say where it was stopped (and why) and where it went on (from what)
+    for kind, name, symbol in (('stop', 'stopped', 'square'), ('resume', 'resumed', 'circle')):
+        evs = [(i, e) for i, e in enumerate(log.events) if e.kind == kind]
+        for _, e in evs: fig.add_vline(x=e.step, line=dict(color=EVENT_COLORS[kind], width=1, dash='dot'), exclude_empty_subplots=False)
+        if evs:
+            fig.add_scatter(x=[e.step for _, e in evs], y=[_active_before(log, i) for i, _ in evs], mode='markers', name=name,
+                            marker=dict(size=10, color=EVENT_COLORS[kind], symbol=symbol, line=dict(width=1, color='white')),
+                            text=[_control_hover(e) for _, e in evs], hovertemplate='%{text}<extra></extra>', secondary_y=True)
     # three scales: loss (left), active heads (right), perplexity (a second right axis, outside the first)
     fig.update_layout(xaxis=dict(title='global step', domain=[0, 0.88]),
                       yaxis3=dict(title='validation perplexity', overlaying='y', side='right', anchor='free', position=0.97,

@@ -14,7 +14,7 @@ from sentinel_nb.cli import main
 CHROMIUM = Path('/usr/bin/chromium')
 TINY_RUN = ['--cycles', '1', '--steps', '1', '--warmup-max-steps', '0', '--block-size', '32', '--batch-size', '2',
             '--max-blocks', '4', '--eval-batches', '1', '--score-batches', '1', '--max-new-tokens', '2', '--prompts', 'To be']
-TABS = ['overview', 'timeline', 'heads', 'decisions', 'generations', 'events', 'environment']
+TABS = ['overview', 'timeline', 'heads', 'decisions', 'generations', 'attention', 'events', 'environment']
 ATTACK = '<script>alert(1)</script>'
 
 from tiny_data import tiny_data   # shared tiny loaders (tests/tiny_data.py)
@@ -29,7 +29,8 @@ def run(tmp_path_factory):
                          warmup_max_steps=2, warmup_window=2, score_batches=1, eval_batches=1, prune_level=0.25,
                          grow_ratio=0.5, max_new_tokens=4, prompts=['To be', 'My lord'], progress=False)
     torch.set_num_threads(n)
-    return log, out, export_report(out, out/REPORT_NAME)
+    # the run started from a model object: the Attention tab needs it (run.json records only its class)
+    return log, out, export_report(out, out/REPORT_NAME, model=tiny_model('gpt2', n_layer=2, n_head=4), tokenizer=tiny_tokenizer())
 
 class Fetches(HTMLParser):
     "What a browser would fetch: script src, link href, img / iframe / source src, and every css url( / @import."
@@ -122,11 +123,14 @@ def test_cli_run_leaves_a_report_and_report_rewrites_it(capsys, tmp_path, text_f
     assert main(['run', '--corpus', str(text_file), '--out', str(out), *TINY_RUN]) == 0
     res, err = capsys.readouterr()
     assert json.loads(res)['report'] == str(out/REPORT_NAME) and f"sentinel: report {out/REPORT_NAME}" in err.splitlines()
-    assert 'sentinel-tiny' in (out/REPORT_NAME).read_text()
+    page = (out/REPORT_NAME).read_text()
+    assert 'sentinel-tiny' in page and 'attention not drawn' not in page          # run.json's model loads: attention drawn
     assert main(['report', str(out), '-o', str(tmp_path/'again.html'), '--title', 'A <b>title</b>']) == 0
     res, err = capsys.readouterr()
     assert json.loads(res)['bytes'] == (tmp_path/'again.html').stat().st_size and 'report written to' in err
     assert '<title>A &lt;b&gt;title&lt;/b&gt;</title>' in (tmp_path/'again.html').read_text()
+    assert main(['report', str(out), '-o', str(tmp_path/'plain.html'), '--no-attention']) == 0
+    assert 'not drawn (attention=False / --no-attention)' in (tmp_path/'plain.html').read_text(); capsys.readouterr()
     # --overwrite treats the old report as the run's own file
     assert main(['run', '--corpus', str(text_file), '--out', str(out), '--overwrite', '--no-report', *TINY_RUN]) == 0
     assert not (out/REPORT_NAME).exists()
@@ -160,7 +164,7 @@ def test_in_a_real_browser(run):
                 seen[tab] = page.evaluate(f"""Array.from(document.querySelectorAll('#tab-{tab} .js-plotly-plot')).map(d => {{
                     const r = d.querySelector('.main-svg').getBoundingClientRect(); return [r.width, r.height]; }})""")
                 assert all(w > 300 and h > 100 for w, h in seen[tab]), (tab, seen[tab])
-            assert list(seen) == TABS and len(seen['heads']) == 2 and len(seen['timeline']) == 1 and len(seen['decisions']) >= 4
+            assert list(seen) == TABS and len(seen['heads']) == 2 and len(seen['timeline']) == 1 and len(seen['decisions']) >= 4 and len(seen['attention']) == 4
             assert page.evaluate("document.body.innerText").count(ATTACK) == 0
             page.click('nav button[data-tab=generations]')
             assert page.is_visible('#tab-generations table.generations div.generation')
