@@ -233,7 +233,7 @@ table{border-collapse:collapse;font-size:13px;background:#fff;margin-bottom:8px}
 th,td{border:1px solid #cfd8dc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#eceff1}
 td{max-width:60em;overflow-wrap:anywhere}.generation{min-width:14em}td.prompt{min-width:9em}.wide{overflow-x:auto}
 pre.cmd{background:#fff;border:1px solid #cfd8dc;padding:8px;white-space:pre-wrap;overflow-wrap:anywhere}
-.muted{color:#78909c}.fig{width:100%;min-height:200px;background:#fff;margin-bottom:12px}
+table.frame td,table.frame th{white-space:nowrap}.muted{color:#78909c}.fig{width:100%;min-height:200px;background:#fff;margin-bottom:12px}
 """
 
 _JS = """
