@@ -20,7 +20,7 @@ from .metrics import evaluate, model_device
 from .importance import head_importance
 from .prune import prune_heads, prunable_count, STRATEGIES as PRUNE_STRATEGIES
 from .grow import grow_heads, STRATEGIES as GROW_STRATEGIES, INITS as GROW_INITS
-from .train import FineTuner, _cycle, _installed_gates, _check_precision
+from .train import FineTuner, drain, _cycle, _installed_gates, _check_precision
 from .log import (ExperimentLog, CheckpointError, RunFolderError, new_run_id, prepare_run_folder, write_run_info,
                              read_run_info, run_info_differences, latest_checkpoint, save_checkpoint, load_checkpoint)
 
@@ -405,7 +405,7 @@ class PlasticityRunner:
                             generate_kwargs={'max_new_tokens': self.cfg.max_new_tokens, 'seed': self.cfg.seed})
 
     def _train(self, phase: str, cycle: int, steps: int, seed: int, progress: dict | None = None) -> dict:
-        "A FineTuner for `steps` steps of `phase` (warm-up: until the loss plateaus), continuing `progress` of a stopped run."
+        "A FineTuner for `steps` steps of `phase` (warm-up: until the loss plateaus), continuing `progress` of a stopped run: a generator of the steps, returning the result."
         cfg, learn = self.cfg, phase == 'learn'
         start = progress['start_step'] if progress else self.global_step
         losses = list(self._trainer_state['losses']) if progress else []   # the losses so far (NaN kept: not JSON)
@@ -434,7 +434,7 @@ class PlasticityRunner:
         # a continued phase skips the start evaluation (done before the stop; a second one would count against patience)
         evals = dict(eval_loader=self._eval_batches(), eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
                      initial_eval=not progress) if learn and cfg.patience else {}
-        try: res = tuner.train(batches, steps - tuner.step, on_step=on_step, should_stop=should_stop, **evals)
+        try: res = yield from tuner.train_steps(batches, steps - tuner.step, on_step=on_step, should_stop=should_stop, **evals)
         finally: tuner.close(); bar.close()
         self.global_step = start + tuner.step
         res = {**res, 'stopped': why.get('stop', res['stopped']), 'losses': losses, 'evals': evals_so_far + res['evals']}
@@ -467,8 +467,8 @@ class PlasticityRunner:
         return True
 
     # --- phases --------------------------------------------------------------------------------------------
-    def warmup(self) -> bool:
-        "Measure the baseline, then train until the loss plateaus (or `warmup_max_steps`); False if the run stopped."
+    def warmup(self):
+        "Measure the baseline, then train until the loss plateaus (or `warmup_max_steps`): a generator of the steps, returning False if the run stopped."
         cfg, pos = self.cfg, self.position
         self._phase('warmup', 0)
         if pos is None:
@@ -477,8 +477,9 @@ class PlasticityRunner:
             self.log.add(kind='measure', cycle=0, step=self.global_step, metrics_after=_metrics(before), samples=before.get('samples', []),
                          head_state=self.gates.state.state_dict(), info={'what': 'baseline'})
             pos = {'phase': 'warmup', 'cycle': 0, 'before': _metrics(before)}
+            yield None                                     # an event was logged: a driver may show it
         if cfg.warmup_max_steps > 0:
-            res = self._train('warmup', 0, cfg.warmup_max_steps, seed=cfg.seed, progress=pos.get('progress'))
+            res = yield from self._train('warmup', 0, cfg.warmup_max_steps, seed=cfg.seed, progress=pos.get('progress'))
             if self._halted(res, pos): return False
             after, losses = self.measure(), res['losses']
             if self._diverged_after(after, 'warmup'): return False
@@ -489,8 +490,8 @@ class PlasticityRunner:
         self.position = None
         return True
 
-    def cycle(self, c: int) -> bool:
-        "One score → prune → measure → grow → learn cycle (or the rest of it, after a stop inside); False if it stopped."
+    def cycle(self, c: int):
+        "One score → prune → measure → grow → learn cycle (or the rest of it, after a stop inside): a generator of its steps and events, returning False if it stopped."
         cfg, g, pos = self.cfg, self.gates, self.position
         seed = cfg.seed * 1000 + c
         if pos is None:
@@ -516,10 +517,12 @@ class PlasticityRunner:
                                # the runner protects its young heads: say which of prune_heads' 'protected' were in their grace period
                                'skipped': {k: 'grace period' if v == 'protected' and _pair(k) in young and _pair(k) not in cfg.protected
                                            else v for k, v in pr.skipped.items()}})
+            yield None
             self._phase('measure', c)
             pruned = self.measure()
             self.log.add(kind='measure', cycle=c, step=self.global_step, metrics_before=_metrics(before), metrics_after=_metrics(pruned),
                          samples=pruned.get('samples', []), info={'what': 'after pruning'})
+            yield None
             self._phase('grow', c)
             n_pruned = int((~g.state.active).sum())
             n_grow = int(round(cfg.grow_ratio * n_pruned))
@@ -532,8 +535,9 @@ class PlasticityRunner:
                              head_state=g.state.state_dict(), info={'strategy': gr.strategy, 'init': gr.init, 'ramp_steps': cfg.ramp_steps,
                                                                     'lr_boost': cfg.lr_boost})
             pos = {'phase': 'learn', 'cycle': c, 'pruned': _metrics(pruned)}
+            yield None
         self._phase('learn', c)
-        res = self._train('learn', c, cfg.steps, seed + 3, pos.get('progress'))
+        res = yield from self._train('learn', c, cfg.steps, seed + 3, pos.get('progress'))
         if self._halted(res, pos): return False
         after = self.measure()
         if self._diverged_after(after, f'learn, cycle {c}'): return False
@@ -560,23 +564,29 @@ class PlasticityRunner:
         if self.out: self.log.save(self.out/'log.json')
         return self.log
 
-    def run(self) -> ExperimentLog:
-        "Warm-up (unless done), then the remaining cycles, a checkpoint after each; a stop checkpoints where the run is."
+    def steps(self):
+        """The run as a generator: it yields after every optimizer step (the step's record) and after every logged
+        decision (None), and returns the log. Warm-up (unless done), then the remaining cycles, a checkpoint after each; a
+        stop checkpoints where the run is. Nothing happens between two yields, so whoever drives it may pause there."""
         # a stop from before this runner was made belongs to an earlier run (a panel reusing its control); a stop asked
         # since (while the model loaded or the resume was checked) is this run's and is obeyed
         if self.control.stopped and self.control.stops == self._stops_before: self.control.reset()
         with ctrl_c_stops(self.control):
             if self.next_cycle == 0:
                 if not self.log.filter('start'): self.log.add(kind='start', info={'config': asdict(self.cfg), 'run_id': self.run_id})
-                if not self.warmup(): return self._finish()
+                if not (yield from self.warmup()): return self._finish()
                 self.next_cycle = 1
                 self.checkpoint('warmup')
             while self.next_cycle <= self.cfg.cycles:
                 if self.position is None and self.control.check(): self.stop_reason = self.control.reason; break
-                if not self.cycle(self.next_cycle): break
+                if not (yield from self.cycle(self.next_cycle)): break
                 self.next_cycle += 1
                 self.checkpoint(f'cycle-{self.next_cycle - 1}')
             return self._finish()
+
+    def run(self) -> ExperimentLog:
+        "The whole run (`steps` driven to its end); returns the log."
+        return drain(self.steps())
 
     def release(self):
         "Remove the gates if this runner installed them (a user's own gates stay)."

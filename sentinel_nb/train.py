@@ -14,7 +14,7 @@ from .gates import HeadGates, HeadUpdateScaler
 from .metrics import forward_logits, batch_nll, batch_labels, nll_and_count, nll_to_perplexity, model_device
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'lr_factor', 'lm_loss_sum', 'FineTuner']
+__all__ = ['SCHEDULES', 'lr_factor', 'lm_loss_sum', 'FineTuner', 'drain']
 
 # %% ../nbs/08_train.ipynb #32818d0a
 SCHEDULES = ('constant', 'linear', 'cosine')
@@ -219,10 +219,11 @@ class _nullcontext:
 FineTuner._one_step = _one_step
 
 # %% ../nbs/08_train.ipynb #56bb5c80
-def _train(self: FineTuner, loader, steps: int, eval_loader=None, eval_every: int | None = None, eval_batches: int = 4,
-          on_step=None, should_stop=None, total_steps: int | None = None, restore_best: bool = True,
-          initial_eval: bool = True) -> dict:
-    "Train for `steps` optimizer steps; returns `history` (per step), `evals`, `stopped` (why) and counters."
+def _train_steps(self: FineTuner, loader, steps: int, eval_loader=None, eval_every: int | None = None, eval_batches: int = 4,
+                 on_step=None, should_stop=None, total_steps: int | None = None, restore_best: bool = True,
+                 initial_eval: bool = True):
+    """`train`, one optimizer step at a time: a generator that yields each step's record and returns `train`'s result.
+    Whoever drives it decides what happens between steps (a widget panel lets the kernel handle clicks there)."""
     if steps < 0: raise ValueError(f"steps must be >= 0, got {steps}")
     if eval_every is not None and eval_every < 1: raise ValueError(f"eval_every must be >= 1, got {eval_every}")
     if isinstance(loader, torch.utils.data.DataLoader): loader = self.accelerator.prepare(loader)
@@ -247,6 +248,7 @@ def _train(self: FineTuner, loader, steps: int, eval_loader=None, eval_every: in
             if should_stop is not None and should_stop(): stopped = 'should_stop'; break
             rec = self._one_step(batches); history.append(rec)
             if on_step is not None: on_step(rec)
+            yield rec
             skips = skips + 1 if rec['skipped'] else 0
             if skips >= 10: stopped = 'nonfinite'; break
             if eval_loader is not None and eval_every and self.step % eval_every == 0 and self.step < end:
@@ -262,4 +264,14 @@ def _train(self: FineTuner, loader, steps: int, eval_loader=None, eval_every: in
     return {'history': history, 'evals': evals, 'stopped': stopped, 'steps': self.step,
             'best_perplexity': self.best if evals else None}
 
-FineTuner.train = _train
+def _train(self: FineTuner, loader, steps: int, **kwargs) -> dict:
+    "Train for `steps` optimizer steps; returns `history` (per step), `evals`, `stopped` (why) and counters (`train_steps` driven to its end)."
+    return drain(self.train_steps(loader, steps, **kwargs))
+
+def drain(gen):
+    "Run the generator `gen` to its end; its return value."
+    while True:
+        try: next(gen)
+        except StopIteration as e: return e.value
+
+FineTuner.train_steps, FineTuner.train = _train_steps, _train
