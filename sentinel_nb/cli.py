@@ -14,7 +14,8 @@ from .metrics import nll_and_count, nll_to_perplexity
 
 # %% auto #0
 __all__ = ['SEED_MAX', 'USER_ERRORS', 'flag_name', 'check_settings', 'check_device', 'parse_heads', 'check_model_name',
-           'context_length', 'load_model_for', 'evaluate_model', 'compare_pruning', 'build_parser', 'main']
+           'context_length', 'load_model_for', 'evaluate_model', 'compare_pruning', 'prepare_run', 'run_args',
+           'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #dc5bd098
 SEED_MAX = 2**32 - 1   # numpy's seed range, which `seed_everything` feeds
@@ -312,10 +313,13 @@ def _settings_from_run(a) -> list[str]:
         setattr(a, name, value); taken.append(name)
     return taken
 
-def _run(a) -> dict:
+def prepare_run(a) -> dict:
+    """Everything `sentinel run` does before the run starts, from its parsed arguments `a`: every setting checked (before
+    anything loads), the corpus, the model and the data loaded. Returns `model`, `tokenizer`, `data`, `config` (the
+    `PlasticityConfig` fields), `run_info` (for run.json) and `from_run` (settings a resume took from the run's run.json).
+    The widget panel calls it too, so both refuse the same settings with the same messages."""
     from dataclasses import fields
-    from sentinel_nb.cycle import PlasticityConfig, run_plasticity
-    from sentinel_nb.report import export_report, REPORT_NAME      # (also lets --overwrite replace an old report.html)
+    from sentinel_nb.cycle import PlasticityConfig
     say = lambda s: print(s, file=sys.stderr, flush=True)
     from_run = _settings_from_run(a) if a.resume and not a.overwrite else []   # `--resume` alone: the run as it was set up
     names = {f.name for f in fields(PlasticityConfig)}
@@ -333,11 +337,28 @@ def _run(a) -> dict:
     check_settings(block_size=a.block_size, batch_size=a.batch_size, max_blocks=a.max_blocks)   # the data's settings
     _check_run_folder(a.out, a.resume, a.overwrite)           # before the corpus: a hub dataset may take a while to fetch
     text = load_corpus(a.corpus)
-    if from_run: say(f"sentinel: resuming with the run's own settings from its run.json (given now: "
-                     f"{', '.join(sorted(getattr(a, 'explicit', set()) - {'out', 'resume'})) or 'none'})")
-    t0 = time.perf_counter()
+    if from_run and getattr(a, 'verbose', True):
+        say(f"sentinel: resuming with the run's own settings from its run.json (given now: "
+            f"{', '.join(sorted(getattr(a, 'explicit', set()) - {'out', 'resume'})) or 'none'})")
     model, tok = load_model_for(a.model, a.block_size, device=device, dtype=torch.float32, protected=cfg['protected'])
     data = get_dataloaders(text, tok, block_size=a.block_size, batch_size=a.batch_size, max_blocks=a.max_blocks, seed=a.seed)
+    run_info = {'model': a.model, 'corpus': a.corpus,
+                'data': {'block_size': a.block_size, 'batch_size': a.batch_size, 'max_blocks': a.max_blocks, 'seed': a.seed}}
+    return {'model': model, 'tokenizer': tok, 'data': data, 'config': cfg, 'run_info': run_info, 'from_run': from_run}
+
+def run_args(argv: list[str]) -> argparse.Namespace:
+    "The parsed arguments of `sentinel run ARGV...` (with `explicit`: the settings given), for `prepare_run`."
+    a = build_parser().parse_args(['run', *argv])
+    a.explicit = _explicit_flags(['run', *argv])
+    return a
+
+def _run(a) -> dict:
+    from sentinel_nb.cycle import run_plasticity
+    from sentinel_nb.report import export_report, REPORT_NAME      # (also lets --overwrite replace an old report.html)
+    say = lambda s: print(s, file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    ready = prepare_run(a)
+    model, tok, data, cfg = ready['model'], ready['tokenizer'], ready['data'], ready['config']
     say(f"[{time.perf_counter()-t0:6.1f}s] {a.model} on {next(model.parameters()).device} (mixed precision: {cfg['mixed_precision']}), "
         f"{a.corpus}: {len(data['train'].dataset)} train blocks of {a.block_size} tokens")
     def on_event(e):
@@ -346,9 +367,7 @@ def _run(a) -> dict:
         if e.heads: msg += f" heads {[tuple(h) for h in e.heads]}"
         if 'perplexity' in m: msg += f" ppl {m['perplexity']:.2f}"
         say(msg)
-    run_info = {'model': a.model, 'corpus': a.corpus,
-                'data': {'block_size': a.block_size, 'batch_size': a.batch_size, 'max_blocks': a.max_blocks, 'seed': a.seed}}
-    log = run_plasticity(model, data, tok, out=a.out, resume=a.resume, overwrite=a.overwrite, run_info=run_info,
+    log = run_plasticity(model, data, tok, out=a.out, resume=a.resume, overwrite=a.overwrite, run_info=ready['run_info'],
                          on_event=on_event, progress=True, **cfg)
     outcome = [e for e in log.events if e.kind in ('resume', 'stop', 'end')]
     stop = outcome[-1] if outcome and outcome[-1].kind == 'stop' else None   # a stop before a resume is history

@@ -471,6 +471,7 @@ class PlasticityRunner:
         "Measure the baseline, then train until the loss plateaus (or `warmup_max_steps`): a generator of the steps, returning False if the run stopped."
         cfg, pos = self.cfg, self.position
         self._phase('warmup', 0)
+        yield None                                     # a phase starts: a driver may pause here
         if pos is None:
             seed_everything(cfg.seed)
             before = self.measure()
@@ -499,9 +500,11 @@ class PlasticityRunner:
             if cfg.distill and self.teacher is None: self.teacher = dense_copy(self.model)   # the dense model after warm-up
             before = self.measure()
             self._phase('score', c)
+            yield None                                     # a phase starts: a driver may pause here
             with self._autocast():
                 scores = head_importance(self.model, _take(_loader(self.data['train'], seed + 1), cfg.score_batches), seed=seed)
             self._phase('prune', c)
+            yield None                                     # a phase starts: a driver may pause here
             # heads grown recently are still ramping in and learning (their scores are low because their gates are): they
             # get a grace period of `grace_steps` before they can be pruned again
             young = ((g.state.grown_at >= 0) & (g.state.step - g.state.grown_at < cfg.grace_steps) & g.state.active).nonzero().tolist()
@@ -519,11 +522,13 @@ class PlasticityRunner:
                                            else v for k, v in pr.skipped.items()}})
             yield None
             self._phase('measure', c)
+            yield None                                     # a phase starts: a driver may pause here
             pruned = self.measure()
             self.log.add(kind='measure', cycle=c, step=self.global_step, metrics_before=_metrics(before), metrics_after=_metrics(pruned),
                          samples=pruned.get('samples', []), info={'what': 'after pruning'})
             yield None
             self._phase('grow', c)
+            yield None                                     # a phase starts: a driver may pause here
             n_pruned = int((~g.state.active).sum())
             n_grow = int(round(cfg.grow_ratio * n_pruned))
             if n_grow > 0:
@@ -537,6 +542,7 @@ class PlasticityRunner:
             pos = {'phase': 'learn', 'cycle': c, 'pruned': _metrics(pruned)}
             yield None
         self._phase('learn', c)
+        yield None                                     # a phase starts: a driver may pause here
         res = yield from self._train('learn', c, cfg.steps, seed + 3, pos.get('progress'))
         if self._halted(res, pos): return False
         after = self.measure()

@@ -21,7 +21,7 @@ from .views import (generations_table, attention_patterns, attention_mosaic, ent
 
 # %% auto #0
 __all__ = ['REPORT_NAME', 'ATTENTION_PROMPT', 'report_inputs', 'reproduce_command', 'visible', 'esc', 'generations_frame',
-           'export_report']
+           'events_frame', 'export_report']
 
 # %% ../nbs/14_report.ipynb #990dee9a
 REPORT_NAME = 'report.html'      # what `sentinel run` leaves in --out
@@ -165,6 +165,10 @@ def _event_row(i: int, e: Event) -> dict:
             'metrics before': _json(e.metrics_before) if e.metrics_before else '',
             'metrics after': _json(e.metrics_after) if e.metrics_after else '',
             'scores': ', '.join(e.scores), 'samples': len(e.samples), 'info': _json(info) if info else ''}
+
+def events_frame(run) -> pd.DataFrame:
+    "Every event of `run` (a log, run folder or log file) as one row: the report's Events tab and the panel's event log."
+    return pd.DataFrame([_event_row(i, e) for i, e in enumerate(as_log(run).events)])
 
 def _environment(log: ExperimentLog, info: dict) -> str:
     import torch, transformers, sentinel_nb

@@ -17,7 +17,7 @@ from .prune import STRATEGIES as PRUNE_STRATEGIES
 
 # %% auto #0
 __all__ = ['STATE_NAMES', 'STATE_COLORS', 'OUTCOME_COLORS', 'PHASE_COLORS', 'EVENT_COLORS', 'FONT', 'as_log', 'style',
-           'head_label', 'head_states', 'head_map', 'smooth', 'timeline', 'score_maps', 'decision_table',
+           'head_label', 'head_states', 'head_map', 'smooth', 'live_phase', 'timeline', 'score_maps', 'decision_table',
            'decision_view', 'decision_views', 'head_history', 'head_history_map', 'metrics_table']
 
 # %% ../nbs/12_viz.ipynb #1ba07c65
@@ -193,11 +193,17 @@ def _control_hover(e: Event) -> str:
         return f"<b>stopped at step {e.step}</b> (cycle {e.cycle}{where})<br>{e.info.get('reason', 'no reason recorded')}"
     return f"<b>resumed at step {e.step}</b> (cycle {e.cycle})<br>from {Path(str(e.info.get('folder', '?'))).name}"
 
-def timeline(run, smoothing: float = 0.3) -> go.Figure:
-    "Loss per step (raw and smoothed), measured perplexities, phase bands, prune / grow and stop / resume markers, active heads (right axis)."
+def live_phase(phase: str, cycle: int, start: int, losses: list) -> dict:
+    "A training phase still running (its event is logged only at its end), as `timeline(live=...)` draws it."
+    return {'phase': phase, 'cycle': cycle, 'start': start, 'end': start + len(losses), 'losses': list(losses),
+            'name': ('warm-up' if phase == 'warmup' else f'learn {cycle}') + ' (running)'}
+
+def timeline(run, smoothing: float = 0.3, live: dict | None = None) -> go.Figure:
+    """Loss per step (raw and smoothed), measured perplexities, phase bands, prune / grow and stop / resume markers, active
+    heads (right axis). `live`: the phase still running (`live_phase`), drawn after the logged ones."""
     log = as_log(run)
     fig = make_subplots(specs=[[{'secondary_y': True}]])
-    phases = _train_phases(log)
+    phases = _train_phases(log) + ([live] if live and live['losses'] else [])
     for p in phases:
         steps = list(range(p['start'] + 1, p['end'] + 1))
         fig.add_vrect(x0=p['start'], x1=p['end'], fillcolor=PHASE_COLORS[p['phase']], line_width=0, layer='below',
