@@ -94,6 +94,9 @@ class HeadGates:
         self.model, self.adapter = model, get_adapter(model)
         self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim = head_counts(model)
         cfg = model.config
+        from sentinel_nb.physical import is_physical   # lazy: physical imports gates
+        if is_physical(model): raise ValueError("this model was pruned physically: its layers no longer hold the config's "
+                                                        "rectangular grid of heads that HeadGates needs; install gates before physical pruning")
         if getattr(cfg, 'pretraining_tp', 1) > 1 and getattr(cfg, 'slow_but_exact', False):
             raise NotImplementedError("BLOOM with slow_but_exact=True bypasses the dense module; gates would be ignored")
         device = next(model.parameters()).device

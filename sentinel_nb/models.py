@@ -265,6 +265,9 @@ def load_model(name_or_path: str | Path, device=None, dtype: torch.dtype | None 
     if name == 'sentinel-tiny': model, tok = _from_folder(_sentinel_tiny_dir(), attn_implementation, dtype, **kwargs)
     elif name == 'smollm2-135m': model, tok = _smollm2_cached(attn_implementation, dtype)
     elif path.is_file() and path.suffix == '.gguf': model, tok = _load_gguf(path, attn_implementation)
+    elif path.is_dir() and (path/'head_layout.json').exists():   # a physically pruned model (physical.save_pruned)
+        from sentinel_nb.physical import load_pruned
+        model, tok = load_pruned(path, dtype=dtype, attn_implementation=attn_implementation), AutoTokenizer.from_pretrained(str(path))
     elif path.is_dir(): model, tok = _from_folder(path, attn_implementation, dtype, **kwargs)
     elif path.is_absolute() or name.startswith(('.', '~')) or name.endswith('.gguf'):
         raise FileNotFoundError(f"No model at {name!r}. Offline names: {', '.join(OFFLINE_NAMES)}")
