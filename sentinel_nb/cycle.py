@@ -563,8 +563,10 @@ class PlasticityRunner:
         if self.diverged:
             self.log.add(kind='stop', cycle=cycle, step=self.global_step, info={'reason': self.diverged, 'diverged': True})
         elif self.stop_reason:
-            self.log.add(kind='stop', cycle=cycle, step=self.global_step,
-                         info={'reason': self.stop_reason, 'phase': pos['phase'] if pos else None})
+            info = {'reason': self.stop_reason, 'phase': pos['phase'] if pos else None}
+            # stopped inside a training phase: its losses so far (the phase's own event comes only at its end)
+            if pos and 'progress' in pos: info['losses'] = list(self._trainer_state['losses'])
+            self.log.add(kind='stop', cycle=cycle, step=self.global_step, info=info)
             self.checkpoint('stopped')
         else: self.log.add(kind='end', cycle=self.cfg.cycles, step=self.global_step)
         if self.out: self.log.save(self.out/'log.json')

@@ -140,13 +140,16 @@ def _ppl(m: dict): return m.get('perplexity') if m else None
 def _fmt(x) -> str: return 'n/a' if x is None else f'{x:.2f}'
 
 def _train_phases(log: ExperimentLog) -> list[dict]:
-    "Each logged training phase: name, cycle, first and last global step and its per-step losses."
-    out = []
-    for e in log.events:
-        if e.kind in ('warmup', 'learn') and 'losses' in e.info:
-            losses = e.info['losses']
-            out.append({'phase': e.kind, 'cycle': e.cycle, 'start': e.step - len(losses), 'end': e.step, 'losses': losses,
-                        'name': 'warm-up' if e.kind == 'warmup' else f'learn {e.cycle}'})
+    """Each logged training phase: name, cycle, first and last global step and its per-step losses. A phase a stop
+    cut short is drawn from the stop's losses, unless the run was resumed and logged the whole phase later."""
+    out, events = [], log.events
+    for i, e in enumerate(events):
+        phase = e.kind if e.kind in ('warmup', 'learn') else e.info.get('phase') if e.kind == 'stop' else None
+        if phase not in ('warmup', 'learn') or not e.info.get('losses'): continue
+        if e.kind == 'stop' and any(f.kind == phase and f.cycle == e.cycle for f in events[i + 1:]): continue
+        losses = e.info['losses']
+        name = ('warm-up' if phase == 'warmup' else f'learn {e.cycle}') + (' (stopped)' if e.kind == 'stop' else '')
+        out.append({'phase': phase, 'cycle': e.cycle, 'start': e.step - len(losses), 'end': e.step, 'losses': losses, 'name': name})
     return out
 
 def smooth(x, alpha: float = 0.3) -> list:

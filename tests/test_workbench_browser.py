@@ -21,7 +21,7 @@ FIGURE_STATE = """() => {
   const pruned = !!z && Array.from(z).some(row => Array.from(row).some(v => v === 1));   // state code 1: pruned
   const losses = line && line._fullData ? line._fullData.filter(t => t.name === 'loss (per step)')
                                                      .reduce((n, t) => n + (t.x ? t.x.length : 0), 0) : 0;
-  return {plots: plots.length, pruned, losses};
+  return {plots: plots.length, pruned, losses, titles: plots.map(gd => String(title(gd)))};
 }"""
 
 def step_count(page) -> int: return int(widget_text(page, '.sentinel-step-count') or -1)
@@ -60,11 +60,27 @@ def test_workbench_in_jupyterlab(tmp_path):
         wait_text(page, '.sentinel-status', r'^stopped', timeout=60)
         screenshot(page, '04_stopped', shots)
         message = widget_text(page, '.sentinel-message')
+        # the tabs, on the stopped run: every head's attention, the generations side by side, the report
+        page.locator('.lm-TabBar-tab', has_text='Attention').click()
+        click_button(page, 'Show attention')
+        page.wait_for_function(f"() => ({FIGURE_STATE})().titles.some(t => t.startsWith(\"Every head's attention\"))", timeout=60_000)
+        screenshot(page, '05_attention', shots)
+        page.locator('.lm-TabBar-tab', has_text='Generate').click()
+        click_button(page, 'Generate')
+        page.wait_for_selector('table.generations', timeout=60_000)
+        generated = page.locator('table.generations').first.inner_text()
+        screenshot(page, '06_generate', shots)
+        page.locator('.lm-TabBar-tab', has_text='Report').click()
+        click_button(page, 'Export report')
+        page.wait_for_selector('a.sentinel-report-link', timeout=60_000)
+        screenshot(page, '07_report', shots)
     stopped = run_dir/'stopped'
     assert (stopped/'model.safetensors').is_file() and (stopped/'extra.json').is_file()
     events = [json.loads(l)['kind'] for l in (run_dir/'events.jsonl').read_text().splitlines()]
     assert 'prune' in events and events[-2:] == ['stop', 'checkpoint']
     assert 'press Run to resume' in message
+    assert all(name in generated for name in ('start', 'current', 'warmup', 'stopped')), generated[:300]
+    assert (run_dir/'report.html').is_file()
     report = {'first_live_step_after_click_s': round((first_step - clicked) / 1000, 2),
               'status_redraws_per_s_while_learning': round((n1 - n0) / 3, 2), 'plots': seen['plots'],
               'paused_at_step': held, 'lab_startup_s': round(server.startup_s, 1)}
