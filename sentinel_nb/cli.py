@@ -255,6 +255,9 @@ def _add_run(sub):
         elif f.name == 'protected': p.add_argument(flag, nargs='*', default=[], metavar='L:H', help='heads never pruned, as LAYER:HEAD')
         elif isinstance(default, list): p.add_argument(flag, nargs='*', default=default)
         else: p.add_argument(flag, type=_flag_type(f), default=default, choices=choices.get(f.name))
+    p.add_argument('--save-pruned', default=None, metavar='DIR',
+                   help="at the end, remove the pruned heads' weights and save the smaller model in DIR (safetensors, config, "
+                        "head layout, tokenizer: `load_model(DIR)` reads it back, no original checkpoint needed)")
     p.add_argument('--no-report', dest='report', action='store_false',
                    help='do not write report.html (the HTML report of the run) into --out at the end')
     p.set_defaults(func=_run)
@@ -313,6 +316,13 @@ def _settings_from_run(a) -> list[str]:
         setattr(a, name, value); taken.append(name)
     return taken
 
+def _check_save_pruned(folder: str, out: str) -> None:
+    "Where `--save-pruned` will write: a new or empty folder, outside the run folder's own files."
+    p = Path(folder)
+    if p.exists() and not p.is_dir(): raise NotADirectoryError(f"save-pruned {folder} is a file: give a folder for the pruned model")
+    if p.is_dir() and any(p.iterdir()): raise ValueError(f"save-pruned {folder} is not empty: give a new or empty folder")
+    if p.resolve() == Path(out).resolve(): raise ValueError(f"save-pruned {folder} is the run folder: give another folder, e.g. {Path(out)/'pruned'}")
+
 def prepare_run(a) -> dict:
     """Everything `sentinel run` does before the run starts, from its parsed arguments `a`: every setting checked (before
     anything loads), the corpus, the model and the data loaded. Returns `model`, `tokenizer`, `data`, `config` (the
@@ -336,6 +346,7 @@ def prepare_run(a) -> dict:
     PlasticityConfig(**cfg)                                   # every plasticity setting, checked before anything loads
     check_settings(block_size=a.block_size, batch_size=a.batch_size, max_blocks=a.max_blocks)   # the data's settings
     _check_run_folder(a.out, a.resume, a.overwrite)           # before the corpus: a hub dataset may take a while to fetch
+    if getattr(a, 'save_pruned', None): _check_save_pruned(a.save_pruned, a.out)
     text = load_corpus(a.corpus)
     if from_run and getattr(a, 'verbose', True):
         say(f"sentinel: resuming with the run's own settings from its run.json (given now: "
@@ -367,11 +378,21 @@ def _run(a) -> dict:
         if e.heads: msg += f" heads {[tuple(h) for h in e.heads]}"
         if 'perplexity' in m: msg += f" ppl {m['perplexity']:.2f}"
         say(msg)
+    save_to = getattr(a, 'save_pruned', None)
     log = run_plasticity(model, data, tok, out=a.out, resume=a.resume, overwrite=a.overwrite, run_info=ready['run_info'],
-                         on_event=on_event, progress=True, **cfg)
+                         on_event=on_event, progress=True, keep_gates=bool(save_to), **cfg)
     outcome = [e for e in log.events if e.kind in ('resume', 'stop', 'end')]
     stop = outcome[-1] if outcome and outcome[-1].kind == 'stop' else None   # a stop before a resume is history
     diverged = bool(stop and stop.info.get('diverged'))
+    pruned = None
+    if save_to and not diverged:                 # the gates' inactive heads go; the model is the run's last state
+        from sentinel_nb.physical import prune_physically, save_pruned
+        n_before = sum(p.numel() for p in model.parameters())
+        layout = prune_physically(model, log.runner.gates)
+        save_pruned(model, save_to, layout, tokenizer=tok)
+        n_after = sum(p.numel() for p in model.parameters())
+        pruned = {'folder': str(save_to), 'parameters': n_after, 'parameters_before': n_before, 'heads': len(layout.live_heads())}
+        say(f"sentinel: pruned model saved in {save_to}: {n_after:,} parameters ({n_before - n_after:,} removed)")
     report = None
     if getattr(a, 'report', True):            # a stopped or resumed run reports what it has; before the stop / continue line
         try: report = export_report(a.out, Path(a.out)/REPORT_NAME); say(f"sentinel: report {report}")
@@ -379,7 +400,7 @@ def _run(a) -> dict:
     if diverged: say(f"sentinel: {stop.info.get('reason')}")
     elif stop: say(f"sentinel: the run stopped ({stop.info.get('reason')}) with a checkpoint; continue it with: sentinel run --out {a.out} --resume")
     ms = log.metrics_frame()
-    return {'out': a.out, 'events': len(log), 'report': str(report) if report else None, 'stopped': stop.info.get('reason') if stop else None, 'diverged': diverged,
+    return {'out': a.out, 'events': len(log), 'report': str(report) if report else None, 'pruned_model': pruned, 'stopped': stop.info.get('reason') if stop else None, 'diverged': diverged,
             'seconds': time.perf_counter() - t0,
             'perplexity': {f"{r.kind}-{r.cycle}": r.after_perplexity for r in ms.itertuples() if not math.isnan(r.after_perplexity)}}
 
