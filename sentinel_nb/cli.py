@@ -235,7 +235,8 @@ def _add_run(sub):
     from dataclasses import fields, MISSING
     from sentinel_nb.cycle import PlasticityConfig
     from sentinel_nb import prune, grow
-    choices = {'prune_strategy': list(prune.STRATEGIES), 'grow_strategy': list(grow.STRATEGIES), 'grow_init': list(grow.INITS)}
+    choices = {'prune_strategy': list(prune.STRATEGIES), 'grow_strategy': list(grow.STRATEGIES), 'grow_init': list(grow.INITS),
+               'attention': ['sdpa', 'eager']}
     p = sub.add_parser('run', help='warm-up, then prune -> measure -> grow -> learn cycles; JSON log + checkpoints in --out')
     p.add_argument('--model', default='sentinel-tiny'); p.add_argument('--corpus', default='shakespeare')
     p.add_argument('--out', required=True, help='folder for log.json and one checkpoint per cycle (new or empty, unless --resume/--overwrite)')

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from .core import seed_everything, autocast, mixed_precision_for
 from .gates import HeadGates
-from .models import head_counts
+from .models import head_counts, attention_implementation, set_attention
 from .metrics import evaluate, model_device
 from .importance import head_importance
 from .prune import prune_heads, prunable_count, STRATEGIES as PRUNE_STRATEGIES
@@ -122,6 +122,7 @@ class PlasticityConfig:
     patience: int | None = None       # stop a learn phase after this many evaluations without improvement
     eval_every: int = 10              # steps between those evaluations (only with patience)
     mixed_precision: str = 'auto'     # 'no', 'fp16', 'bf16' or 'auto': fp16 on a T4, bf16 on newer GPUs, none on the CPU
+    attention: str = 'sdpa'           # training and evaluation; the passes that read attention weights switch to eager themselves
     score_batches: int = 4            # training batches for importance and growth scores
     eval_batches: int = 8             # validation batches for every measurement
     max_new_tokens: int = 30
@@ -139,7 +140,7 @@ class PlasticityConfig:
         _number(self, 'lr', 0, lo_open=True); _choice(self, 'stability_level', (0, 1, 2))
         if not isinstance(self.distill, bool): raise ValueError(f"distill must be True or False, got {self.distill!r}")
         if self.patience is not None: _int(self, 'patience', 1, none='None or ')
-        _int(self, 'eval_every', 1); _choice(self, 'mixed_precision', MIXED_PRECISION_CHOICES)
+        _int(self, 'eval_every', 1); _choice(self, 'mixed_precision', MIXED_PRECISION_CHOICES); _choice(self, 'attention', ('sdpa', 'eager'))
         _int(self, 'score_batches', 1); _int(self, 'eval_batches', 1)
         if not isinstance(self.prompts, (list, tuple)) or not all(isinstance(p, str) for p in self.prompts):
             raise ValueError(f"prompts must be a list of strings, got {self.prompts!r}")
@@ -275,6 +276,7 @@ class PlasticityRunner:
         self.position = None            # inside a phase: what that phase needs to go on (JSON-ready); None between phases
         self._trainer_state = None      # inside a training phase: FineTuner state and random states (tensors)
         self.stop_reason, self.diverged = None, None
+        self._attention_before = self.attention = attention_implementation(model)   # set to cfg.attention when the run starts
 
     def _check(self, model, data):
         "Model- and data-dependent settings, before any work."
@@ -579,6 +581,7 @@ class PlasticityRunner:
         # a stop from before this runner was made belongs to an earlier run (a panel reusing its control); a stop asked
         # since (while the model loaded or the resume was checked) is this run's and is obeyed
         if self.control.stopped and self.control.stops == self._stops_before: self.control.reset()
+        self.attention = set_attention(self.model, self.cfg.attention)   # BLOOM cannot switch: it stays eager
         with ctrl_c_stops(self.control):
             if self.next_cycle == 0:
                 if not self.log.filter('start'): self.log.add(kind='start', info={'config': asdict(self.cfg), 'run_id': self.run_id})
@@ -597,8 +600,9 @@ class PlasticityRunner:
         return drain(self.steps())
 
     def release(self):
-        "Remove the gates if this runner installed them (a user's own gates stay)."
+        "Remove the gates if this runner installed them (a user's own gates stay); the model's attention implementation as it came."
         if self.own_gates: self.gates.remove()
+        set_attention(self.model, self._attention_before)
 
 # %% ../nbs/10_cycle.ipynb #4caf5f0e
 def run_plasticity(model, data: dict, tokenizer=None, out=None, resume=None, overwrite: bool = False, run_info: dict | None = None,

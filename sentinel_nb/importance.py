@@ -6,7 +6,8 @@
 from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 import torch
-from .models import head_counts, head_weight_slices, out_projs
+from contextlib import nullcontext
+from .models import head_counts, head_weight_slices, out_projs, attention_weights
 from .gates import HeadGates
 from .metrics import model_device, batch_nll
 
@@ -117,7 +118,8 @@ def head_importance(model, batches, methods=DEFAULT_METHODS, max_batches: int = 
     try:
         out = {}
         if need & {'entropy', 'gradient', 'gradient_batch'}:
-            grads = _gate_pass(g, batches, max_batches, 'entropy' in need, bool(need & {'gradient', 'gradient_batch'}))
+            with attention_weights(model) if 'entropy' in need else nullcontext():     # entropy reads attention weights
+                grads = _gate_pass(g, batches, max_batches, 'entropy' in need, bool(need & {'gradient', 'gradient_batch'}))
             for name, grad in zip(('gradient', 'gradient_batch'), grads[:2]):
                 if grad is not None and name in need:
                     out[name] = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-20) if normalize else grad

@@ -426,7 +426,7 @@ def _flat(d, prefix: str = '') -> dict:
 _MISSING = '<missing>'
 def _show(v) -> str: return v if v is _MISSING else json.dumps(v)
 
-def run_info_differences(saved: dict, now: dict, ignore=('config.cycles', 'config.mixed_precision', 'created', 'environment')) -> list[str]:
+def run_info_differences(saved: dict, now: dict, ignore=('config.cycles', 'config.mixed_precision', 'config.attention', 'created', 'environment')) -> list[str]:
     "`'data.block_size: 128 -> 64'` for every nested key whose value differs between `saved` and `now` (`ignore`d keys and their children skipped)."
     a, b = _flat(_plain(saved)), _flat(_plain(now))
     skip = lambda k: any(k == i or k.startswith(i + '.') for i in ignore)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Iterable
 import torch
 import torch.nn.functional as F
+from .models import attention_weights
 
 # %% auto #0
 __all__ = ['model_device', 'eval_mode', 'forward_logits', 'shifted_nll', 'batch_labels', 'batch_nll', 'nll_and_count',
@@ -239,7 +240,7 @@ def induction_head_scores(model, ids: torch.Tensor, seq_len: int, start: int = 0
     ids = torch.as_tensor(ids).to(device)                                   # [batch, pos]
     if ids.shape[1] < start + 2 * seq_len: raise ValueError(f'ids have {ids.shape[1]} positions; a repeat of seq_len={seq_len} after {start} needs {start + 2 * seq_len}')
     kw = {'use_cache': False} if _accepts(model, 'use_cache') else {}
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), attention_weights(model):
         attentions = getattr(model(input_ids=ids, output_attentions=True, **kw), 'attentions', None)
     if not attentions or any(a is None for a in attentions):
         raise ValueError("the model returned no attention weights: load it with attn_implementation='eager' "

@@ -5,6 +5,7 @@
 # %% ../nbs/02_models.ipynb #8046149f
 from __future__ import annotations
 import glob, importlib.util, os, shutil, tempfile, time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -15,8 +16,8 @@ from .core import get_device, seed_everything, data_dir, cache_dir
 
 # %% auto #0
 __all__ = ['ADAPTERS', 'TINY_VOCAB', 'OFFLINE_NAMES', 'ArchAdapter', 'get_adapter', 'blocks', 'attention_modules', 'out_projs',
-           'head_counts', 'tiny_model', 'tiny_tokenizer', 'HeadSlice', 'HeadWeights', 'head_weight_slices',
-           'load_model']
+           'head_counts', 'attention_implementation', 'set_attention', 'attention_weights', 'tiny_model',
+           'tiny_tokenizer', 'HeadSlice', 'HeadWeights', 'head_weight_slices', 'load_model']
 
 # %% ../nbs/02_models.ipynb #df9e0826
 @dataclass(frozen=True)
@@ -82,6 +83,30 @@ def head_counts(model) -> tuple[int, int, int, int]:
     n_kv = (getattr(cfg, a.n_kv_heads_key, None) if a.n_kv_heads_key else None) or n_heads
     head_dim = (getattr(cfg, a.head_dim_key, None) if a.head_dim_key else None) or getattr(cfg, a.hidden_key) // n_heads
     return n_layers, n_heads, n_kv, head_dim
+
+# %% ../nbs/02_models.ipynb #8434980b
+def attention_implementation(model) -> str:
+    "The attention implementation `model` runs ('eager', 'sdpa', ...)."
+    return getattr(model.config, '_attn_implementation', None) or 'eager'
+
+def set_attention(model, implementation: str) -> str:
+    "Switch `model` to `implementation` where its family allows it at run time; returns the implementation in effect."
+    if attention_implementation(model) != implementation:
+        import transformers.utils.logging as hf_logging
+        level = hf_logging.get_verbosity(); hf_logging.set_verbosity_error()     # BLOOM says it cannot, and stays
+        try: model.set_attn_implementation(implementation)
+        except (ValueError, ImportError): pass
+        finally: hf_logging.set_verbosity(level)
+    return attention_implementation(model)
+
+@contextmanager
+def attention_weights(model):
+    "Inside the block `model` runs eager attention (it returns attention weights); its own implementation is back after."
+    before = attention_implementation(model)
+    if before == 'eager': yield model; return
+    set_attention(model, 'eager')
+    try: yield model
+    finally: set_attention(model, before)
 
 # %% ../nbs/02_models.ipynb #cfd91239
 _TINY = {

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import torch
-from .models import load_model, head_counts
+from .models import load_model, head_counts, attention_weights
 from .gates import HeadGates, HeadState
 from .metrics import eval_mode, model_device, generate_samples, degeneration_metrics, perplexity
 from .log import load_checkpoint, latest_checkpoint, read_run_info, CheckpointError
@@ -23,11 +23,6 @@ __all__ = ['GENERATION_COLUMNS', 'attention_patterns', 'kv_group', 'head_title',
            'load_checkpoint_model', 'compare_generations', 'generations_table']
 
 # %% ../nbs/13_views.ipynb #2c68d730
-def _is_eager(model) -> bool:
-    "Whether `model` computes attention weights it can return (eager attention)."
-    impl = getattr(getattr(model, 'config', None), '_attn_implementation', None)
-    return impl in (None, 'eager')
-
 def _head_codes(model=None, gates=None, n_layers: int = 0, n_heads: int = 0) -> tuple[np.ndarray, np.ndarray]:
     "Gate-state codes (indices into `viz.STATE_NAMES`) and ramps `[layers, heads]` from `gates` (HeadGates, HeadState or a snapshot dict), else the model's installed HeadGates, else every head original."
     if gates is None and model is not None:
@@ -44,14 +39,11 @@ def attention_patterns(model, tokenizer, prompt: str, max_tokens: int = 48, gate
     "One eager forward of `prompt` (its first `max_tokens` tokens): `attentions` `[layers, heads, q, k]` on the CPU, `tokens`, head counts and each head's gate state."
     if not isinstance(prompt, str) or not prompt: raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
     if not isinstance(max_tokens, int) or max_tokens < 1: raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
-    if not _is_eager(model):
-        raise ValueError(f"attention views need eager attention, but this model uses {model.config._attn_implementation!r}: load it "
-                         "with load_model(..., attn_implementation='eager') or call model.set_attn_implementation('eager')")
     n_layers, n_heads, n_kv, _ = head_counts(model)
     ids = tokenizer(prompt)['input_ids']
     truncated = len(ids) > max_tokens
     ids = ids[:max_tokens]                                     # bounded payload: q, k <= max_tokens
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), attention_weights(model):      # an SDPA model switches for this pass
         out = model(input_ids=torch.tensor([ids], device=model_device(model)), output_attentions=True, use_cache=False)
     if not out.attentions or any(a is None for a in out.attentions):
         raise ValueError("the model returned no attention weights: load it with attn_implementation='eager'")
