@@ -8,7 +8,8 @@ Writes bench/results/bench-<time>.json (every number) and .md (the tables), and 
   batch 1 and 16, 128 tokens, SDPA attention; the speedup next to the ideal one (the FLOPs removed), the share of the
   ideal saving realised, and the parameter memory;
 - training step: with gates and the update scaler (a third of the heads pruned) vs the plain model; SDPA vs eager;
-- scoring every head (head_importance on the run's score batches) vs one training step on the same batches.
+- scoring every head (head_importance on the run's score batches) vs one training step on the same batches;
+- the update scaler's own share of a training step at 10/30/50/90 % pruned (its hooks timed inside the step).
 Each timing is the median of repeated runs, variants interleaved (A B C A B C ...) so drift hits all alike.
 """
 from __future__ import annotations
@@ -139,19 +140,51 @@ def training(name: str, steps: int, batch: int, seq: int = 128) -> dict:
           f"scoring = {res['score_over_step']:.1f} steps", file=sys.stderr, flush=True)
     return res
 
-def markdown(inf: list[dict], tr: list[dict], meta: dict) -> str:
-    out = [f"Measured {meta['time']} on {meta['machine']} (torch {meta['torch']}, {meta['threads']} threads); command: `{meta['command']}`", '',
-           '| model | pruned | batch | dense ms | masked × | physical × | ideal × | share of ideal saving | params MB dense → physical | max \\|Δ logits\\| |',
-           '|---|---|---|---|---|---|---|---|---|---|']
+def scaler_share(name: str, levels=(0.1, 0.3, 0.5, 0.9), steps: int = 4, batch: int = 4, seq: int = 128) -> list[dict]:
+    """The update scaler's own time (its hooks around `optimizer.step`, timed inside the step) as a share of the step,
+    at each pruning level: a direct measure, where a ratio of whole steps drowns in this machine's noise."""
+    from sentinel_nb.gates import HeadUpdateScaler
+    model, tok = load_model(name); set_attention(model, 'sdpa')
+    data = get_dataloaders(load_corpus('shakespeare'), tok, block_size=seq, batch_size=batch, max_blocks=32, seed=0)
+    L, H, _, _ = head_counts(model)
+    rows = []
+    for level in levels:
+        m = copy.deepcopy(model); g = HeadGates(m).install()
+        for l, h in pattern(L, H, level, seed=0): g.state.active[l, h] = False
+        tuner = FineTuner(m, g, lr=1e-5, warmup_steps=0, seed=0)
+        sc: HeadUpdateScaler = tuner.scaler
+        for hnd in sc._handles: hnd.remove()
+        spent, before, after = [], sc._before, sc._after
+        def timed_before(*a, **k): t = time.perf_counter(); before(*a, **k); spent.append(time.perf_counter() - t)
+        def timed_after(*a, **k): t = time.perf_counter(); after(*a, **k); spent[-1] += time.perf_counter() - t
+        sc._handles = [sc.optimizer.register_step_pre_hook(timed_before), sc.optimizer.register_step_post_hook(timed_after)]
+        step_s, t0 = [], time.perf_counter()
+        for _ in tuner.train_steps(data['train'], steps + 1):
+            t1 = time.perf_counter(); step_s.append(t1 - t0); t0 = t1
+        tuner.close(); g.remove()
+        hs, st = statistics.median(spent[1:]), statistics.median(step_s[1:])
+        rows.append({'model': name, 'pruned_%': round(100 * len(pattern(L, H, level, seed=0)) / (L * H)), 'batch': batch,
+                     'seq': seq, 'scaler_ms': 1000 * hs, 'step_ms': 1000 * st, 'scaler_share_%': 100 * hs / st})
+        print(f"  {name} {rows[-1]['pruned_%']}%: update scaler {rows[-1]['scaler_share_%']:.2f} % of the step", file=sys.stderr, flush=True)
+    return rows
+
+def markdown(inf: list[dict], tr: list[dict], meta: dict, sc: list[dict] = ()) -> str:
+    out = [f"Measured {meta['time']} on {meta['machine']} (torch {meta['torch']}, {meta['threads']} threads); command: `{meta['command']}`"]
+    if inf: out += ['', '| model | pruned | batch | dense ms | masked × | physical × | ideal × | share of ideal saving | params MB dense → physical | max \\|Δ logits\\| |',
+                    '|---|---|---|---|---|---|---|---|---|---|']
     for r in inf:
         out.append(f"| {r['model']} | {r['pruned_%']} % | {r['batch']} | {1000 * r['dense_s']:.1f} | {r['masked_speedup']:.3f} | "
                    f"{r['physical_speedup']:.3f} | {r['ideal_speedup']:.3f} | {r['share_of_ideal_saving']:.2f} | "
                    f"{r['params_mb_dense']:.1f} → {r['params_mb_physical']:.1f} | {r['max_abs_logit_diff_masked_vs_physical']:.1e} |")
-    out += ['', '| model | batch × seq | plain step ms | gates + scaler (⅓ pruned) × | eager / SDPA × | scoring all heads, in steps |',
-            '|---|---|---|---|---|---|']
+    if tr: out += ['', '| model | batch × seq | plain step ms | gates + scaler (⅓ pruned) × | eager / SDPA × | scoring all heads, in steps |',
+                   '|---|---|---|---|---|---|']
     for r in tr:
         out.append(f"| {r['model']} | {r['batch']} × {r['seq']} | {1000 * r['plain_sdpa_step_s']:.1f} | {r['gate_overhead']:.3f} | "
                    f"{r['eager_over_sdpa']:.3f} | {r['score_over_step']:.1f} |")
+    if sc:
+        out += ['', '| model | pruned | batch × seq | update scaler ms | step ms | scaler share of the step |', '|---|---|---|---|---|---|']
+        out += [f"| {r['model']} | {r['pruned_%']} % | {r['batch']} × {r['seq']} | {r['scaler_ms']:.2f} | {r['step_ms']:.0f} | "
+                f"{r['scaler_share_%']:.2f} % |" for r in sc]
     return '\n'.join(out) + '\n'
 
 def main(argv=None):
@@ -159,19 +192,22 @@ def main(argv=None):
     p.add_argument('--models', nargs='+', default=['sentinel-tiny', 'smollm2-135m'])
     p.add_argument('--quick', action='store_true', help='fewer repeats and steps (a smoke run, not for quoting)')
     p.add_argument('--out', default=str(ROOT/'results'))
+    p.add_argument('--only', nargs='+', choices=['inference', 'training', 'scaler'], default=['inference', 'training', 'scaler'],
+                   help='the parts to measure (default: all)')
     a = p.parse_args(argv)
     reps, steps = (2, 2) if a.quick else (7, 8)
     meta = {'time': datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), 'machine': f"{platform.machine()} {platform.processor() or ''}".strip(),
             'torch': torch.__version__, 'threads': torch.get_num_threads(), 'command': 'python bench/bench.py ' + ' '.join(argv or sys.argv[1:]),
             'cuda': torch.cuda.is_available()}
-    inf, tr = [], []
+    inf, tr, sc = [], [], []
     for name in a.models:
-        inf += inference(name, (0.1, 0.3, 0.5), (1, 16), reps)
-        tr.append(training(name, steps, batch=8 if name == 'sentinel-tiny' else 4))
+        if 'inference' in a.only: inf += inference(name, (0.1, 0.3, 0.5), (1, 16), reps)
+        if 'training' in a.only: tr.append(training(name, steps, batch=8 if name == 'sentinel-tiny' else 4))
+        if 'scaler' in a.only: sc += scaler_share(name, steps=2 if a.quick else 4, batch=8 if name == 'sentinel-tiny' else 4)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     stem = out/f"bench-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M')}"
-    stem.with_suffix('.json').write_text(json.dumps({'meta': meta, 'inference': inf, 'training': tr}, indent=1))
-    md = markdown(inf, tr, meta); stem.with_suffix('.md').write_text(md)
+    stem.with_suffix('.json').write_text(json.dumps({'meta': meta, 'inference': inf, 'training': tr, 'scaler': sc}, indent=1))
+    md = markdown(inf, tr, meta, sc); stem.with_suffix('.md').write_text(md)
     print(md); print(f"written: {stem}.json, {stem}.md", file=sys.stderr)
 
 if __name__ == '__main__':

@@ -15,4 +15,6 @@ def test_bench_quick_run_writes_every_table(tmp_path):
     assert all(row['max_abs_logit_diff_masked_vs_physical'] <= 1e-5 for row in res['inference'])     # the same model, smaller
     assert all(row['params_mb_physical'] < row['params_mb_dense'] for row in res['inference'])
     assert {'gate_overhead', 'eager_over_sdpa', 'score_over_step'} <= set(res['training'][0])
-    assert '| model | pruned | batch |' in next(tmp_path.glob('bench-*.md')).read_text()
+    assert [row['pruned_%'] for row in res['scaler']] == [9, 31, 50, 88] and all(0 < row['scaler_share_%'] < 100 for row in res['scaler'])
+    md = next(tmp_path.glob('bench-*.md')).read_text()
+    assert '| model | pruned | batch |' in md and 'scaler share of the step' in md
