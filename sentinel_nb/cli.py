@@ -13,9 +13,9 @@ from .models import load_model, head_counts, OFFLINE_NAMES
 from .metrics import nll_and_count, nll_to_perplexity
 
 # %% auto #0
-__all__ = ['SEED_MAX', 'USER_ERRORS', 'flag_name', 'check_settings', 'check_device', 'parse_heads', 'check_model_name',
-           'context_length', 'load_model_for', 'evaluate_model', 'compare_pruning', 'prepare_run', 'run_args',
-           'build_parser', 'main']
+__all__ = ['SEED_MAX', 'USER_ERRORS', 'flag_name', 'setting_flags', 'check_settings', 'check_device', 'parse_heads',
+           'check_model_name', 'context_length', 'load_model_for', 'evaluate_model', 'compare_pruning',
+           'saved_settings', 'prepare_run', 'run_args', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #dc5bd098
 SEED_MAX = 2**32 - 1   # numpy's seed range, which `seed_everything` feeds
@@ -27,6 +27,17 @@ _RANGES = {'block_size': (2, None, 'a block needs a token to predict from and on
 def flag_name(setting: str) -> str:
     "The command-line flag of a setting: `prune_strategy` -> `--prune-strategy`."
     return '--' + setting.replace('_', '-')
+
+def setting_flags(settings: dict) -> list[str]:
+    "`sentinel run` arguments that give `settings` (`None` left out): `True`/`False` as `--x`/`--no-x`, heads as `l:h`, lists spread."
+    argv = []
+    for k, v in settings.items():
+        if v is None: continue
+        if isinstance(v, bool): argv.append(flag_name(k) if v else '--no-' + k.replace('_', '-'))
+        elif k == 'protected': argv += [flag_name(k), *(f'{l}:{h}' for l, h in v)]
+        elif isinstance(v, (list, tuple)): argv += [flag_name(k), *map(str, v)]
+        else: argv += [flag_name(k), str(v)]
+    return argv
 
 def check_settings(**settings) -> None:
     "Raise `ValueError` naming the first setting outside its range (`None` means not given: allowed)."
@@ -299,16 +310,19 @@ def _check_run_folder(out: str, resume, overwrite: bool) -> None:
         if Path(out).resolve() != run_dir.resolve(): prepare_run_folder(out, 'new', dry_run=True)
     else: prepare_run_folder(out, 'overwrite' if overwrite else 'new', dry_run=True)   # --overwrite refuses a user's files here
 
+def saved_settings(info: dict) -> dict:
+    "What a run's run.json (`info`) says it was set up with: every plasticity setting, the data settings, model and corpus."
+    model = info.get('model')
+    return {**info.get('config', {}), **{k: v for k, v in info.get('data', {}).items() if k != 'fingerprint'},
+            'model': model.get('name') if isinstance(model, dict) else model, 'corpus': info.get('corpus')}
+
 def _settings_from_run(a) -> list[str]:
     "On `--resume`, every setting not given on this command line is the run's own, read from its run.json; returns their names."
     from sentinel_nb.log import read_run_info
     folder = Path(a.out) if a.resume is True else Path(a.resume)
     if not (folder/'run.json').is_file(): folder = folder.parent          # a checkpoint folder: its run folder holds run.json
     if not (folder/'run.json').is_file(): return []                       # the run-folder checks below say what is wrong
-    info, given = read_run_info(folder), getattr(a, 'explicit', set())
-    saved = {**info.get('config', {}), **{k: v for k, v in info.get('data', {}).items() if k != 'fingerprint'}}
-    model = info.get('model')
-    saved['model'], saved['corpus'] = model.get('name') if isinstance(model, dict) else model, info.get('corpus')
+    saved, given = saved_settings(read_run_info(folder)), getattr(a, 'explicit', set())
     if 'protected' in saved: saved['protected'] = [f'{l}:{h}' for l, h in saved['protected']]   # as the flag writes them
     taken = []
     for name, value in saved.items():

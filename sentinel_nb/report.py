@@ -46,6 +46,7 @@ def report_inputs(run) -> tuple[ExperimentLog, dict, Path | None]:
 def reproduce_command(info: dict, out: str | Path = 'OUT') -> str | None:
     "The `sentinel run` command line that repeats the run described by `info` (a run.json), or None without one."
     from sentinel_nb.cycle import PlasticityConfig
+    from sentinel_nb.cli import setting_flags
     if not info or 'config' not in info: return None
     model = info.get('model'); model = model.get('name') if isinstance(model, dict) else model
     args = ['sentinel', 'run', '--model', str(model), '--corpus', str(info.get('corpus')), '--out', str(out)]
@@ -55,13 +56,8 @@ def reproduce_command(info: dict, out: str | Path = 'OUT') -> str | None:
     defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(PlasticityConfig)}
     for k, v in info['config'].items():
         if k == 'mixed_precision':   # always said: the default depends on the machine (bf16 on a GPU, fp32 on CPU)
-            args += ['--dtype', {'bf16': 'bfloat16', 'fp16': 'float16'}.get(v, 'float32')]; continue
-        if k not in defaults or k == 'seed' or v == defaults[k]: continue        # only what differs from the defaults
-        flag = '--' + k.replace('_', '-')
-        if isinstance(v, bool): args.append(flag if v else '--no-' + k.replace('_', '-'))
-        elif k == 'protected': args += [flag, *(f'{l}:{h}' for l, h in v)]
-        elif isinstance(v, list): args += [flag, *map(str, v)]
-        elif v is not None: args += [flag, str(v)]
+            args += ['--dtype', {'bf16': 'bfloat16', 'fp16': 'float16'}.get(v, 'float32')]
+        elif k in defaults and k != 'seed' and v != defaults[k]: args += setting_flags({k: v})   # only what differs from the defaults
     return shlex.join(args)
 
 # %% ../nbs/14_report.ipynb #5178e285

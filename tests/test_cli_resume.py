@@ -1,10 +1,11 @@
 """`sentinel run --out OUT --resume` alone continues a stopped run with the run's own settings (read from run.json) and ends
 exactly where an uninterrupted run ends; settings given again win, and a different data setting is refused."""
-import json, signal
+import json
 import pytest, torch
 from sentinel_nb.cli import main
 from sentinel_nb.data import load_corpus
 import sentinel_nb.cycle as cycle
+from cli_stop import ctrl_c_at     # Ctrl-C inside a CLI run (tests/cli_stop.py)
 
 # deliberately not the defaults, so that a resume which forgot them would differ
 RUN = ['--cycles', '1', '--steps', '4', '--warmup-max-steps', '0', '--block-size', '32', '--batch-size', '2', '--max-blocks', '6',
@@ -28,12 +29,7 @@ def run_cli(capsys, argv):
 def test_resume_alone_finishes_the_run_with_its_own_settings(capsys, tmp_path, text_file, monkeypatch):
     rc, straight, _ = run_cli(capsys, ['run', '--out', str(tmp_path/'straight'), '--corpus', str(text_file), *RUN])
     assert rc == 0 and straight['stopped'] is None
-    real = cycle.run_plasticity
-    def ctrl_c_at_learn_step_2(*a, **kw):
-        def on_step(rec):
-            if rec['phase'] == 'learn 1' and rec['step'] == 2: signal.raise_signal(signal.SIGINT)
-        return real(*a, on_step=on_step, **kw)
-    monkeypatch.setattr(cycle, 'run_plasticity', ctrl_c_at_learn_step_2)
+    real = ctrl_c_at(monkeypatch, 'learn 1', 2)
     out = tmp_path/'stopped'
     rc, stopped, err = run_cli(capsys, ['run', '--out', str(out), '--corpus', str(text_file), *RUN])
     assert rc == 130 and stopped['stopped'] == cycle.INTERRUPTED, err

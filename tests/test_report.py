@@ -18,6 +18,7 @@ TABS = ['overview', 'timeline', 'heads', 'decisions', 'generations', 'attention'
 ATTACK = '<script>alert(1)</script>'
 
 from tiny_data import tiny_data   # shared tiny loaders (tests/tiny_data.py)
+from cli_stop import ctrl_c_at     # Ctrl-C inside a CLI run (tests/cli_stop.py)
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
@@ -173,14 +174,8 @@ def test_in_a_real_browser(run):
     assert [u for u in requests if not u.startswith('file:')] == []
 
 def test_a_stopped_then_resumed_run_reports_what_it_has(capsys, tmp_path, text_file, monkeypatch):
-    import signal
     import sentinel_nb.cycle as cycle
-    real = cycle.run_plasticity
-    def ctrl_c_in_learning(*a, **kw):
-        def on_step(rec):
-            if rec['phase'] == 'learn 1' and rec['step'] == 1: signal.raise_signal(signal.SIGINT)
-        return real(*a, on_step=on_step, **kw)
-    monkeypatch.setattr(cycle, 'run_plasticity', ctrl_c_in_learning)
+    real = ctrl_c_at(monkeypatch, 'learn 1', 1)
     out = tmp_path/'stopped'
     run = ['run', '--corpus', str(text_file), '--out', str(out), *TINY_RUN, '--steps', '3']
     assert main(run) == 130
