@@ -9,7 +9,8 @@ Writes bench/results/bench-<time>.json (every number) and .md (the tables), and 
   ideal saving realised, and the parameter memory;
 - training step: with gates and the update scaler (a third of the heads pruned) vs the plain model; SDPA vs eager;
 - scoring every head (head_importance on the run's score batches) vs one training step on the same batches;
-- the update scaler's own share of a training step at 10/30/50/90 % pruned (its hooks timed inside the step).
+- the update scaler's own share of a training step at 10/30/50/90 % pruned (its hooks timed inside the step), masked and
+  physically pruned (a run with physical=True), and the physical step's time over the masked one.
 Each timing is the median of repeated runs, variants interleaved (A B C A B C ...) so drift hits all alike.
 """
 from __future__ import annotations
@@ -140,32 +141,45 @@ def training(name: str, steps: int, batch: int, seq: int = 128) -> dict:
           f"scoring = {res['score_over_step']:.1f} steps", file=sys.stderr, flush=True)
     return res
 
+def _timed_steps(m, g, batches, steps: int) -> tuple[float, float]:
+    "Median seconds of the update scaler's hooks and of the whole step, over `steps` optimizer steps (after 1 not counted)."
+    from sentinel_nb.gates import HeadUpdateScaler
+    tuner = FineTuner(m, g, lr=1e-5, warmup_steps=0, seed=0)
+    sc: HeadUpdateScaler = tuner.scaler
+    for hnd in sc._handles: hnd.remove()
+    spent, before, after = [], sc._before, sc._after
+    def timed_before(*a, **k): t = time.perf_counter(); before(*a, **k); spent.append(time.perf_counter() - t)
+    def timed_after(*a, **k): t = time.perf_counter(); after(*a, **k); spent[-1] += time.perf_counter() - t
+    sc._handles = [sc.optimizer.register_step_pre_hook(timed_before), sc.optimizer.register_step_post_hook(timed_after)]
+    step_s, t0 = [], time.perf_counter()
+    for _ in tuner.train_steps(batches, steps + 1):
+        t1 = time.perf_counter(); step_s.append(t1 - t0); t0 = t1
+    tuner.close()
+    return statistics.median(spent[1:]), statistics.median(step_s[1:])
+
 def scaler_share(name: str, levels=(0.1, 0.3, 0.5, 0.9), steps: int = 4, batch: int = 4, seq: int = 128) -> list[dict]:
     """The update scaler's own time (its hooks around `optimizer.step`, timed inside the step) as a share of the step,
-    at each pruning level: a direct measure, where a ratio of whole steps drowns in this machine's noise."""
-    from sentinel_nb.gates import HeadUpdateScaler
+    at each pruning level: a direct measure, where a ratio of whole steps drowns in this machine's noise. Masked (the
+    pruned heads' slices are frozen by the scaler) and physically pruned with the gates still on, as in a run with
+    `physical=True` (nothing left to freeze), and that step's time over the masked step."""
     model, tok = load_model(name); set_attention(model, 'sdpa')
     data = get_dataloaders(load_corpus('shakespeare'), tok, block_size=seq, batch_size=batch, max_blocks=32, seed=0)
     L, H, _, _ = head_counts(model)
     rows = []
     for level in levels:
+        heads = pattern(L, H, level, seed=0)
         m = copy.deepcopy(model); g = HeadGates(m).install()
-        for l, h in pattern(L, H, level, seed=0): g.state.active[l, h] = False
-        tuner = FineTuner(m, g, lr=1e-5, warmup_steps=0, seed=0)
-        sc: HeadUpdateScaler = tuner.scaler
-        for hnd in sc._handles: hnd.remove()
-        spent, before, after = [], sc._before, sc._after
-        def timed_before(*a, **k): t = time.perf_counter(); before(*a, **k); spent.append(time.perf_counter() - t)
-        def timed_after(*a, **k): t = time.perf_counter(); after(*a, **k); spent[-1] += time.perf_counter() - t
-        sc._handles = [sc.optimizer.register_step_pre_hook(timed_before), sc.optimizer.register_step_post_hook(timed_after)]
-        step_s, t0 = [], time.perf_counter()
-        for _ in tuner.train_steps(data['train'], steps + 1):
-            t1 = time.perf_counter(); step_s.append(t1 - t0); t0 = t1
-        tuner.close(); g.remove()
-        hs, st = statistics.median(spent[1:]), statistics.median(step_s[1:])
-        rows.append({'model': name, 'pruned_%': round(100 * len(pattern(L, H, level, seed=0)) / (L * H)), 'batch': batch,
-                     'seq': seq, 'scaler_ms': 1000 * hs, 'step_ms': 1000 * st, 'scaler_share_%': 100 * hs / st})
-        print(f"  {name} {rows[-1]['pruned_%']}%: update scaler {rows[-1]['scaler_share_%']:.2f} % of the step", file=sys.stderr, flush=True)
+        for l, h in heads: g.state.active[l, h] = False
+        hs, st = _timed_steps(m, g, data['train'], steps); g.remove()
+        m = copy.deepcopy(model); g = HeadGates(m).install(); prune_physically(m, heads)   # a list: the gates stay on
+        phs, pst = _timed_steps(m, g, data['train'], steps); g.remove()
+        rows.append({'model': name, 'pruned_%': round(100 * len(heads) / (L * H)), 'batch': batch, 'seq': seq,
+                     'scaler_ms': 1000 * hs, 'step_ms': 1000 * st, 'scaler_share_%': 100 * hs / st,
+                     'physical_scaler_ms': 1000 * phs, 'physical_step_ms': 1000 * pst, 'physical_scaler_share_%': 100 * phs / pst,
+                     'physical_step_over_masked': pst / st})
+        r = rows[-1]
+        print(f"  {name} {r['pruned_%']}%: update scaler {r['scaler_share_%']:.2f} % of the masked step, "
+              f"{r['physical_scaler_share_%']:.2f} % physical; physical step x{r['physical_step_over_masked']:.3f}", file=sys.stderr, flush=True)
     return rows
 
 def markdown(inf: list[dict], tr: list[dict], meta: dict, sc: list[dict] = ()) -> str:
@@ -182,9 +196,11 @@ def markdown(inf: list[dict], tr: list[dict], meta: dict, sc: list[dict] = ()) -
         out.append(f"| {r['model']} | {r['batch']} × {r['seq']} | {1000 * r['plain_sdpa_step_s']:.1f} | {r['gate_overhead']:.3f} | "
                    f"{r['eager_over_sdpa']:.3f} | {r['score_over_step']:.1f} |")
     if sc:
-        out += ['', '| model | pruned | batch × seq | update scaler ms | step ms | scaler share of the step |', '|---|---|---|---|---|---|']
+        out += ['', '| model | pruned | batch × seq | masked: scaler ms | step ms | scaler share | physical: scaler ms | step ms | scaler share | physical step / masked step |',
+                '|---|---|---|---|---|---|---|---|---|---|']
         out += [f"| {r['model']} | {r['pruned_%']} % | {r['batch']} × {r['seq']} | {r['scaler_ms']:.2f} | {r['step_ms']:.0f} | "
-                f"{r['scaler_share_%']:.2f} % |" for r in sc]
+                f"{r['scaler_share_%']:.2f} % | {r['physical_scaler_ms']:.2f} | {r['physical_step_ms']:.0f} | "
+                f"{r['physical_scaler_share_%']:.2f} % | {r['physical_step_over_masked']:.3f} |" for r in sc]
     return '\n'.join(out) + '\n'
 
 def main(argv=None):

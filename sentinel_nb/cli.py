@@ -392,6 +392,7 @@ def _run(a) -> dict:
         msg = f"[{time.perf_counter()-t0:6.1f}s] cycle {e.cycle} step {e.step:4d} {e.kind:10s}"
         if e.heads: msg += f" heads {[tuple(h) for h in e.heads]}"
         if 'perplexity' in m: msg += f" ppl {m['perplexity']:.2f}"
+        if 'physical' in e.info: msg += f" ({e.info['physical']['parameters']:,} parameters)"   # --physical: the model shrinks
         say(msg)
     save_to = getattr(a, 'save_pruned', None)
     log = run_plasticity(model, data, tok, out=a.out, resume=a.resume, overwrite=a.overwrite, run_info=ready['run_info'],

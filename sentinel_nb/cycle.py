@@ -18,11 +18,12 @@ from .gates import HeadGates
 from .models import head_counts, attention_implementation, set_attention
 from .metrics import evaluate, model_device
 from .importance import head_importance
-from .prune import prune_heads, prunable_count, STRATEGIES as PRUNE_STRATEGIES
+from .prune import prune_heads, prunable_count, pruned_heads, STRATEGIES as PRUNE_STRATEGIES
 from .grow import grow_heads, STRATEGIES as GROW_STRATEGIES, INITS as GROW_INITS
 from .train import FineTuner, drain, _cycle, _installed_gates, _check_precision
 from .log import (ExperimentLog, CheckpointError, RunFolderError, new_run_id, prepare_run_folder, write_run_info,
                              read_run_info, run_info_differences, latest_checkpoint, save_checkpoint, load_checkpoint)
+from .physical import layout_of, prune_physically, insert_heads
 
 # %% auto #0
 __all__ = ['INTERRUPTED', 'DEFAULT_PROMPTS', 'MIXED_PRECISION_CHOICES', 'TRAINER_FILE', 'loss_improvement', 'loss_plateaued',
@@ -112,6 +113,7 @@ class PlasticityConfig:
     lr_boost: float = 4.0             # grown heads' update multiplier at birth, decaying to 1
     boost_steps: int = 40
     grace_steps: int = 80             # a grown head cannot be pruned until it has trained this many steps
+    physical: bool = False            # remove pruned heads' weights for real, and grow into those slots physically
     steps: int = 40                   # learning steps per cycle
     warmup_max_steps: int = 60        # warm-up ends at a loss plateau or after this many steps (0: no warm-up)
     warmup_window: int = 20           # the plateau rule compares the last two windows of this many steps
@@ -138,7 +140,8 @@ class PlasticityConfig:
         for name in ('ramp_steps', 'boost_steps', 'grace_steps', 'steps', 'warmup_max_steps', 'max_new_tokens'): _int(self, name, 0)
         _number(self, 'lr_boost', 1); _int(self, 'warmup_window', 1); _number(self, 'warmup_threshold', 0)
         _number(self, 'lr', 0, lo_open=True); _choice(self, 'stability_level', (0, 1, 2))
-        if not isinstance(self.distill, bool): raise ValueError(f"distill must be True or False, got {self.distill!r}")
+        for name in ('distill', 'physical'):
+            if not isinstance(getattr(self, name), bool): raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.patience is not None: _int(self, 'patience', 1, none='None or ')
         _int(self, 'eval_every', 1); _choice(self, 'mixed_precision', MIXED_PRECISION_CHOICES); _choice(self, 'attention', ('sdpa', 'eager'))
         _int(self, 'score_batches', 1); _int(self, 'eval_batches', 1)
@@ -293,6 +296,9 @@ class PlasticityRunner:
         outside = [p for p in cfg.protected if not (p[0] < L and p[1] < H)]
         if outside: raise ValueError(f"protected heads {outside} are outside the model's {L} layers x {H} heads: "
                                      f"give [layer, head] with layer in 0..{L - 1} and head in 0..{H - 1}")
+        if cfg.physical and getattr(model.config, 'pretraining_tp', 1) > 1 and getattr(model.config, 'slow_but_exact', False):
+            raise ValueError("physical=True cannot rebuild a BLOOM with slow_but_exact=True (it slices the dense weight by the full "
+                             "width): set model.config.slow_but_exact = False, or run with physical=False")
         if cfg.min_heads_per_layer > H:
             raise ValueError(f"min_heads_per_layer must be <= the model's {H} heads per layer, got {cfg.min_heads_per_layer}")
 
@@ -371,7 +377,7 @@ class PlasticityRunner:
             self._trainer_state = st
         if self.cfg.distill and self.next_cycle >= 1:
             # the teacher is the dense model after warm-up: exactly the weights of the warm-up checkpoint
-            self.teacher = dense_copy(self.model)
+            self.teacher = dense_copy(self.model)   # pruned physically: load_checkpoint rebuilds it to the dense warm-up shapes
             load_checkpoint(self.run_dir/'warmup', self.teacher, None, run_id=self.run_id)
         self.log = ExperimentLog({'plasticity': asdict(self.cfg)}, events=log.events if log else [], on_event=self.log.on_event,
                                  run_id=self.run_id)
@@ -396,6 +402,11 @@ class PlasticityRunner:
         if self.on_phase: self.on_phase(name, cycle)
 
     def _autocast(self): return autocast(self.device, self.mixed_precision)
+
+    def _physical(self) -> dict:
+        "`{'physical': ...}` for a physical run's events: which original head sits at each position, and the parameter count."
+        if not self.cfg.physical: return {}
+        return {'physical': {'heads': layout_of(self.model).heads, 'parameters': sum(p.numel() for p in self.model.parameters())}}
 
     def _eval_batches(self) -> list[dict]:
         return _take(_loader(self.data['validation'], self.cfg.seed, shuffle=False), self.cfg.eval_batches)
@@ -478,7 +489,7 @@ class PlasticityRunner:
             seed_everything(cfg.seed)
             before = self.measure()
             self.log.add(kind='measure', cycle=0, step=self.global_step, metrics_after=_metrics(before), samples=before.get('samples', []),
-                         head_state=self.gates.state.state_dict(), info={'what': 'baseline'})
+                         head_state=self.gates.state.state_dict(), info={'what': 'baseline', **self._physical()})
             pos = {'phase': 'warmup', 'cycle': 0, 'before': _metrics(before)}
             yield None                                     # an event was logged: a driver may show it
         if cfg.warmup_max_steps > 0:
@@ -516,12 +527,13 @@ class PlasticityRunner:
             n = min(want, prunable_count(g, cfg.min_heads_per_layer, protected))
             pr = prune_heads(g, scores, count=n, strategy=cfg.prune_strategy, min_heads_per_layer=cfg.min_heads_per_layer,
                              max_per_cycle=cfg.max_prune_per_cycle, protected=protected)
+            if cfg.physical and pr.heads: prune_physically(self.model, pr.heads)   # their weights go; the gates follow
             self.log.add(kind='prune', cycle=c, step=self.global_step, heads=pr.heads, scores=scores, threshold=pr.threshold,
                          metrics_before=_metrics(before), head_state=g.state.state_dict(),
                          info={'strategy': pr.strategy, 'level': cfg.prune_level, 'requested': want, 'count': len(pr.heads), 'grace': young,
                                # the runner protects its young heads: say which of prune_heads' 'protected' were in their grace period
                                'skipped': {k: 'grace period' if v == 'protected' and _pair(k) in young and _pair(k) not in cfg.protected
-                                           else v for k, v in pr.skipped.items()}})
+                                           else v for k, v in pr.skipped.items()}, **self._physical()})
             yield None
             self._phase('measure', c)
             yield None                                     # a phase starts: a driver may pause here
@@ -534,13 +546,18 @@ class PlasticityRunner:
             n_pruned = int((~g.state.active).sum())
             n_grow = int(round(cfg.grow_ratio * n_pruned))
             if n_grow > 0:
+                candidates = pruned_heads(g)
+                # physically pruned slots get (zero) weights back, to be scored and grown in as masked slots are
+                if cfg.physical: insert_heads(self.model, candidates)
                 with self._autocast():
                     gr = grow_heads(g, count=n_grow, strategy=cfg.grow_strategy, init=cfg.grow_init, scores=scores['gradient'],
                                     batches=_take(_loader(self.data['train'], seed + 2), cfg.score_batches),
                                     ramp_steps=cfg.ramp_steps, lr_boost=cfg.lr_boost, boost_steps=cfg.boost_steps, seed=seed)
+                not_grown = [h for h in candidates if h not in set(gr.heads)]
+                if cfg.physical and not_grown: prune_physically(self.model, not_grown)
                 self.log.add(kind='grow', cycle=c, step=self.global_step, heads=gr.heads, scores={'grow': gr.scores} if gr.scores is not None else {},
                              head_state=g.state.state_dict(), info={'strategy': gr.strategy, 'init': gr.init, 'ramp_steps': cfg.ramp_steps,
-                                                                    'lr_boost': cfg.lr_boost})
+                                                                    'lr_boost': cfg.lr_boost, **self._physical()})
             pos = {'phase': 'learn', 'cycle': c, 'pruned': _metrics(pruned)}
             yield None
         self._phase('learn', c)

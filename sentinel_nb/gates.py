@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import warnings, weakref
 import torch
 from torch import nn
-from .models import get_adapter, attention_modules, out_projs, head_counts, head_weight_slices
+from .models import get_adapter, attention_modules, out_projs, head_counts, head_weight_slices, layer_heads, layer_slots, LAYOUT_ATTR
 
 # %% auto #0
 __all__ = ['HeadState', 'HeadGates', 'zero_head_by_hand', 'stats', 'recording', 'HeadUpdateScaler']
@@ -94,9 +94,12 @@ class HeadGates:
         self.model, self.adapter = model, get_adapter(model)
         self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim = head_counts(model)
         cfg = model.config
-        from sentinel_nb.physical import is_physical   # lazy: physical imports gates
-        if is_physical(model): raise ValueError("this model was pruned physically: its layers no longer hold the config's "
-                                                        "rectangular grid of heads that HeadGates needs; install gates before physical pruning")
+        # a physically pruned model keeps the grid by original head id: the gates of removed heads are simply never read
+        layout = getattr(model, LAYOUT_ATTR, None)
+        new_ids = sorted({h for hs in (layout.heads if layout else []) for h in hs if h >= self.n_heads})
+        if new_ids: raise ValueError(f"this model has heads grown physically with new ids {new_ids[:5]} (beyond the config's "
+                                     f"{self.n_heads} per layer) that the [layers, heads] grid of HeadGates cannot hold: "
+                                     "install gates before growing with grow_physically, or grow into removed slots (insert_heads)")
         if getattr(cfg, 'pretraining_tp', 1) > 1 and getattr(cfg, 'slow_but_exact', False):
             raise NotImplementedError("BLOOM with slow_but_exact=True bypasses the dense module; gates would be ignored")
         device = next(model.parameters()).device
@@ -106,6 +109,8 @@ class HeadGates:
         self.gates = nn.Parameter(init) if learnable else init   # [layers, heads]
         self.learnable = learnable
         self.state = HeadState.fresh(self.n_layers, self.n_heads, device)   # [layers, heads] records
+        if layout is not None: self.state.active &= layout.original_mask().to(device)   # removed heads are pruned ones
+        self._index_layout, self._index = None, {}                          # physical position -> id maps, per layout
         self._gate_handles, self._stat_handles = [], []
         self._recording, self._query_mask = record_stats, None
         self.reset_stats()
@@ -115,6 +120,32 @@ class HeadGates:
         "The multipliers applied to `layer`'s heads, `[heads]` (read on every forward): gate * active * ramp."
         return self.gates[layer] * self.state.multiplier()[layer]
 
+    def _ids(self, layer: int, n: int) -> torch.Tensor | None:
+        "Grid column of each of the `n` heads of `layer`'s merged output (`n_heads`: no head there); None: positions are ids."
+        layout = getattr(self.model, LAYOUT_ATTR, None)
+        if layout is None: return None
+        if layout is not self._index_layout: self._index_layout, self._index = layout, {}   # pruned or grown since
+        if (layer, n) not in self._index:
+            ids = layer_heads(self.model, layer)
+            if len(ids) != n: ids = layer_slots(self.model, layer)      # 'compact' padding slots, before the o_proj hook
+            if len(ids) != n: raise RuntimeError(f"layer {layer} computes {n} heads but its layout has {len(layer_heads(self.model, layer))}")
+            self._index[layer, n] = torch.tensor([h if h >= 0 else self.n_heads for h in ids], device=self.gates.device)
+        return self._index[layer, n]
+
+    def on_positions(self, layer: int, values: torch.Tensor, n: int) -> torch.Tensor:
+        "Per-id `values` `[..., n_heads]` -> `[..., n]` for the `n` physical heads of `layer` (0 for a placeholder)."
+        idx = self._ids(layer, n)
+        if idx is None: return values
+        values = torch.cat([values, values.new_zeros(*values.shape[:-1], 1)], -1)     # [..., n_heads + 1]: the empty column
+        return values.index_select(-1, idx.to(values.device))
+
+    def on_ids(self, layer: int, values: torch.Tensor) -> torch.Tensor:
+        "Per-position `values` `[..., n]` of `layer`'s physical heads -> `[..., n_heads]` by id (0 where a head is absent)."
+        idx = self._ids(layer, values.shape[-1])
+        if idx is None: return values
+        out = values.new_zeros(*values.shape[:-1], self.n_heads + 1)
+        return out.index_add(-1, idx.to(values.device), values)[..., :self.n_heads]
+
     def set_step(self, step: int):
         "Tell the head state the current optimizer step (drives ramps and LR boosts of grown heads)."
         self.state.step = int(step)
@@ -122,9 +153,10 @@ class HeadGates:
     def _gate_hook(self, layer):
         def hook(module, args):
             z = args[0]                                                   # [batch, pos, heads*d_head]
-            z_heads = z.view(*z.shape[:-1], self.n_heads, self.head_dim)  # [batch, pos, head, d_head]
+            n = z.shape[-1] // self.head_dim                              # n_heads, or this layer's physical heads
+            z_heads = z.view(*z.shape[:-1], n, self.head_dim)             # [batch, pos, head, d_head]
             if self._recording: self._record_norm(layer, z_heads)
-            g = self.gate_values(layer).to(device=z.device, dtype=z.dtype)  # [head]
+            g = self.on_positions(layer, self.gate_values(layer), n).to(device=z.device, dtype=z.dtype)  # [head]
             return ((z_heads * g[:, None]).view(z.shape),) + tuple(args[1:])
         return _owned(hook, self)   # the closure holds `self`: hooks on the model keep this object alive
 
@@ -214,7 +246,7 @@ def _attn_hook(self, layer):
             entropy = -torch.xlogy(p, p).sum(-1)                                  # [batch, heads, q]
             real = _query_positions(self, p.shape[0], p.shape[2], p.device)       # [batch, q]
             entropy = torch.where(real[:, None, :] > 0, entropy, 0.)              # padded rows may hold NaN
-            self._sums['entropy'][layer] += entropy.sum((0, 2)).to(self._sums['entropy'].device)
+            self._sums['entropy'][layer] += self.on_ids(layer, entropy.sum((0, 2))).to(self._sums['entropy'].device)
             self._counts['entropy'][layer] += real.sum().item()
     return hook
 
@@ -222,7 +254,7 @@ def _record_norm(self, layer, z_heads):
     with torch.no_grad():
         norms = z_heads.detach().float().norm(dim=-1)                             # [batch, pos, head]
         real = _query_positions(self, norms.shape[0], norms.shape[1], norms.device)  # [batch, pos]
-        self._sums['output_norm'][layer] += (norms * real[..., None]).sum((0, 1)).to(self._sums['output_norm'].device)
+        self._sums['output_norm'][layer] += self.on_ids(layer, (norms * real[..., None]).sum((0, 1))).to(self._sums['output_norm'].device)
         self._counts['output_norm'][layer] += real.sum().item()
 
 def _install_stat_hooks(self):
@@ -256,27 +288,44 @@ class HeadUpdateScaler:
     "Hook `optimizer.step` so each head's parameter update is scaled by `gates.state.update_scale()`."
     def __init__(self, gates: 'HeadGates', optimizer: torch.optim.Optimizer):
         self.gates, self.optimizer, self._saved = gates, optimizer, []
-        self._parts = {}   # (layer, head) -> its weight slices: the layout never changes under soft pruning, so find it once
+        self._parts, self._layout = {}, None   # (layer, head) -> its weight slices, found once per physical layout
+        self._last = None                      # (update scales, slices): reused while no scale changes (no boost decaying)
+        self._frozen = {}                      # (param, dim, start) -> the frozen slice's values, kept while it stays frozen
         self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
 
     def _slices(self) -> list:
         "`(HeadSlice, scale)` for every head slice whose update scale is not 1: q/o per query head, k/v per kv head."
         g = self.gates; rep = g.n_heads // g.n_kv_heads
+        layout = getattr(g.model, LAYOUT_ATTR, None)
+        if layout is not self._layout: self._parts, self._layout, self._last, self._frozen = {}, layout, None, {}   # weights moved
         scale, kv_scale = g.state.update_scale().tolist(), g.state.kv_update_scale(g.n_kv_heads).tolist()
+        if self._last is not None and self._last[0] == (scale, kv_scale): return self._last[1]
+        present = [set(layer_heads(g.model, l)) for l in range(g.n_layers)]   # a removed head has no weights to scale
         out = []
         for l in range(g.n_layers):
             for h in range(g.n_heads):
+                if h not in present[l]: continue
                 q_sc = scale[l][h]
-                kv_sc = kv_scale[l][h // rep] if h % rep == 0 else 1.   # each shared k/v once, via its group's first head
+                group = range(h - h % rep, h - h % rep + rep)         # each shared k/v once, via the group's first present head
+                kv_sc = kv_scale[l][h // rep] if h == min(x for x in group if x in present[l]) else 1.
                 if q_sc == 1 and kv_sc == 1: continue
                 if (l, h) not in self._parts: self._parts[l, h] = head_weight_slices(g.model, l, h).parts
                 for name, s in self._parts[l, h].items():
                     sc = kv_sc if name[0] in 'kv' else q_sc
                     if sc != 1: out.append((s, sc))
+        self._last = ((scale, kv_scale), out)
         return out
 
     def _before(self, optimizer, args, kwargs):
-        self._saved = [(s, sc, s.of().clone()) for s, sc in self._slices()]
+        saved, frozen = [], {}
+        for s, sc in self._slices():
+            if sc == 0:        # a frozen slice does not change while it stays frozen: copy it once, not at every step
+                key = (id(s.param), s.dim, s.start)
+                old = frozen[key] = self._frozen.get(key)
+                if old is None: old = frozen[key] = s.of().clone()
+            else: old = s.of().clone()
+            saved.append((s, sc, old))
+        self._saved, self._frozen = saved, frozen   # a slice that thawed (grown again) is copied afresh when frozen next
 
     @torch.no_grad()
     def _after(self, optimizer, args, kwargs):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 import torch
-from .models import head_counts, head_weight_slices
+from .models import head_counts, head_weight_slices, layer_heads
 from .gates import HeadGates
 from .prune import pruned_heads   # the slots growth can fill
 from .importance import random_scores
@@ -167,8 +167,10 @@ def _strength(g: HeadGates, scores, batches) -> torch.Tensor:
                 forward_logits(g.model, b['input_ids'].to(device), m.to(device) if m is not None else None)
             return g.stats()['output_norm'].cpu()
     L, H = g.state.active.shape
-    return torch.tensor([[float(head_weight_slices(g.model, l, h).o.norm() * head_weight_slices(g.model, l, h).v.norm())
-                          for h in range(H)] for l in range(L)])
+    def norm(l, h):                                         # a head removed physically has no weights: never a parent
+        if h not in layer_heads(g.model, l): return 0.
+        w = head_weight_slices(g.model, l, h); return float(w.o.norm() * w.v.norm())
+    return torch.tensor([[norm(l, h) for h in range(H)] for l in range(L)])
 
 def grow_heads(model_or_gates, count: int | None = None, ratio: float | None = None, strategy: str = 'gradient',
                init: str = 'fresh', batches=None, scores=None, ramp_steps: int = 50, lr_boost: float = 4.0,

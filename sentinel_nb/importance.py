@@ -7,7 +7,7 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 import torch
 from contextlib import nullcontext
-from .models import head_counts, head_weight_slices, out_projs, attention_weights
+from .models import head_counts, head_weight_slices, out_projs, attention_weights, layer_heads
 from .gates import HeadGates
 from .metrics import model_device, batch_nll
 
@@ -34,7 +34,10 @@ def _example_gate_offsets(g: HeadGates, n_examples: int):
         def hook(module, args):
             z, z0 = args[0], ungated.pop(layer)                        # [batch, pos, heads*d_head] gated, ungated
             d = offsets[:, layer] * g.state.multiplier()[layer].to(offsets.device)  # [batch, heads]; 0 where pruned
-            z0 = z0.view(*z.shape[:-1], g.n_heads, g.head_dim)          # [batch, pos, head, d_head]
+            n = z.shape[-1] // g.head_dim                              # heads computed (fewer once pruned physically)
+            d = g.on_positions(layer, d, n)                             # [batch, n]
+            z0 = z0.view(*z.shape[:-1], -1, g.head_dim)                 # [batch, pos, head or slot, d_head]
+            if z0.shape[-2] != n: z0 = z0.index_select(-2, module._sentinel_o_slots)   # 'compact' padding slots out, as physical's hook does
             return (z + (z0 * d.to(z.dtype)[:, None, :, None]).view(z.shape),) + tuple(args[1:])
         return hook
     handles = []
@@ -78,11 +81,12 @@ def _gate_pass(g: HeadGates, batches, max_batches: int, entropy: bool, gradient:
 # %% ../nbs/05_importance.ipynb #038dc2f2
 @torch.no_grad()
 def magnitude_scores(model) -> torch.Tensor:
-    "Norm of each head's q/k/v rows and out-projection columns, `[layers, heads]`."
+    "Norm of each head's q/k/v rows and out-projection columns, `[layers, heads]` (0 for a head removed physically)."
     n_layers, n_heads, _, _ = head_counts(model)
     out = torch.zeros(n_layers, n_heads)
     for l in range(n_layers):
-        for h in range(n_heads):
+        for h in layer_heads(model, l):
+            if h < 0: continue                                       # an emptied layer's placeholder
             w = head_weight_slices(model, l, h)
             out[l, h] = sum(w.parts[p].of().float().pow(2).sum() for p in 'qkvo').sqrt()
     return out

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_model, load_model, _remove_duplicate_names
-from .models import head_counts
+from .models import head_counts, LAYOUT_ATTR
 from .gates import HeadState
 
 # %% auto #0
@@ -198,7 +198,7 @@ def validate_log(d: dict) -> dict:
     return d
 
 # %% ../nbs/09_log.ipynb #7f695e20
-CHECKPOINT_FILES = ('model.safetensors', 'head_state.json', 'log.json', 'extra.json')
+CHECKPOINT_FILES = ('model.safetensors', 'head_layout.json', 'head_state.json', 'log.json', 'extra.json')   # head_layout: pruned physically
 
 def new_run_id(t: float | None = None) -> str:
     "A run id that sorts by creation time (UTC, to the millisecond) with a random suffix: `20261201-082000-123-3fa9c1`."
@@ -216,6 +216,8 @@ def _fsync_dir(path):
 def _write_checkpoint_files(tmp: Path, model, gates, log, extra, run_id, extra_files) -> None:
     "Every file of a checkpoint into the empty folder `tmp`; `extra.json` (with the file sizes) last."
     save_model(model, str(tmp/'model.safetensors'), metadata={'run_id': run_id})
+    layout = getattr(model, LAYOUT_ATTR, None)     # a model pruned (or grown) physically: the shapes its weights have
+    if layout is not None: (tmp/'head_layout.json').write_text(json.dumps(layout.to_dict()))
     if gates is not None:
         hs = {'run_id': run_id, 'shape': [gates.n_layers, gates.n_heads], 'gates': _plain(gates.gates), **gates.state.state_dict()}
         (tmp/'head_state.json').write_text(json.dumps(hs))
@@ -264,13 +266,32 @@ def _listed(names, n: int = 5) -> str:
     names = sorted(names)
     return ', '.join(names[:n]) + (f', … ({len(names) - n} more)' if len(names) > n else '')
 
-def _check_weights(path: Path, model) -> str | None:
-    "Check `model.safetensors` against `model` tensor by tensor, without loading it into the model; returns its run id."
+def _checkpoint_layout(folder: Path, files: dict, model):
+    "The head layout the checkpoint's weights have, when `model` must be rebuilt to it first (else None): its head_layout.json, or the full grid."
+    from sentinel_nb.physical import HeadLayout, LayoutError, layout_of   # lazy: physical sits above the log
+    if 'head_layout.json' in files:
+        try: want = HeadLayout.from_dict(_read_json(folder/'head_layout.json', CheckpointError, 'checkpoint file', _FIX_CK))
+        except LayoutError as e: raise CheckpointError(f"{folder/'head_layout.json'}: {e}. {_FIX_CK}") from None
+    elif getattr(model, LAYOUT_ATTR, None) is not None: want = HeadLayout.full(model)   # a dense checkpoint, a pruned model
+    else: return None
+    full = HeadLayout.full(model)
+    if (want.model_type, want.n_layers, want.n_heads, want.n_kv_heads) != (full.model_type, full.n_layers, full.n_heads, full.n_kv_heads):
+        raise CheckpointError(f"{folder/'head_layout.json'} is for a {want.model_type} with {want.n_layers}x{want.n_heads} heads, the model "
+                              f"is a {full.model_type} with {full.n_layers}x{full.n_heads}: a checkpoint of another model. Load it into the model it was saved from.")
+    return None if layout_of(model) == want else want
+
+def _check_weights(path: Path, model, layout=None) -> str | None:
+    """Check `model.safetensors` against `model` tensor by tensor, without loading it into the model; returns its run id.
+    `layout`: the head layout `model` will be rebuilt to before loading (the attention tensors' shapes then)."""
     try:
         with safe_open(str(path), framework='pt') as f:
             meta, keys = f.metadata() or {}, set(f.keys())
             # tied weights: `save_model` keeps one name per shared tensor; which names may be absent, the way `load_model` decides
             model_sd = model.state_dict()
+            shapes = {k: tuple(v.shape) for k, v in model_sd.items()}
+            if layout is not None:
+                from sentinel_nb.physical import expected_shapes
+                shapes.update({k: s for k, s in expected_shapes(layout, model.config).items() if k in shapes})
             dropped = {n for group in _remove_duplicate_names(model_sd, preferred_names=keys).values() for n in group}
             needed = set(model_sd) - dropped
             missing, unexpected = needed - keys, keys - needed
@@ -283,7 +304,7 @@ def _check_weights(path: Path, model) -> str | None:
             wrong, bad = [], []
             for k in sorted(keys):
                 t = f.get_tensor(k)
-                if tuple(t.shape) != tuple(model_sd[k].shape): wrong.append(f"{k} {list(t.shape)} vs model {list(model_sd[k].shape)}")
+                if tuple(t.shape) != shapes[k]: wrong.append(f"{k} {list(t.shape)} vs model {list(shapes[k])}")
                 elif t.is_floating_point() and not torch.isfinite(t).all(): bad.append(k)
     except CheckpointError: raise
     except Exception as e:   # safetensors raises its own SafetensorError (and OSError) for truncated / corrupt files
@@ -345,7 +366,8 @@ def load_checkpoint(folder, model, gates=None, run_id: str | None = None) -> tup
     if gates is not None and 'head_state.json' not in files:
         raise CheckpointError(f"{folder} has no head_state.json (it was saved without gates): load it with gates=None.")
     dims = _model_heads(model, gates)
-    ids = {'extra.json': extra.get('run_id'), 'model.safetensors': _check_weights(folder/'model.safetensors', model)}
+    layout = _checkpoint_layout(folder, files, model)        # pruned physically: the shapes to rebuild the model to
+    ids = {'extra.json': extra.get('run_id'), 'model.safetensors': _check_weights(folder/'model.safetensors', model, layout)}
     hs = None
     if 'head_state.json' in files:
         hs = _read_json(folder/'head_state.json', CheckpointError, 'checkpoint file', _FIX_CK); ids['head_state.json'] = hs.pop('run_id', None)
@@ -366,6 +388,9 @@ def load_checkpoint(folder, model, gates=None, run_id: str | None = None) -> tup
         raise CheckpointError(f"{folder} belongs to run {found}, not to this run ({run_id}): resume from a checkpoint of this run's "
                               "folder, or start a new run.")
     # everything checked: now touch the model and the gates
+    if layout is not None:
+        from sentinel_nb.physical import apply_layout
+        apply_layout(model, layout)
     load_model(model, str(folder/'model.safetensors'), strict=True)
     if gates is not None:
         with torch.no_grad(): gates.gates.copy_(torch.tensor(hs.pop('gates')))

@@ -15,9 +15,10 @@ from transformers.pytorch_utils import Conv1D
 from .core import get_device, seed_everything, data_dir, cache_dir
 
 # %% auto #0
-__all__ = ['ADAPTERS', 'TINY_VOCAB', 'OFFLINE_NAMES', 'ArchAdapter', 'get_adapter', 'blocks', 'attention_modules', 'out_projs',
-           'head_counts', 'attention_implementation', 'set_attention', 'attention_weights', 'tiny_model',
-           'tiny_tokenizer', 'HeadSlice', 'HeadWeights', 'head_weight_slices', 'load_model']
+__all__ = ['ADAPTERS', 'TINY_VOCAB', 'LAYOUT_ATTR', 'OFFLINE_NAMES', 'ArchAdapter', 'get_adapter', 'blocks', 'attention_modules',
+           'out_projs', 'head_counts', 'attention_implementation', 'set_attention', 'attention_weights', 'tiny_model',
+           'tiny_tokenizer', 'HeadSlice', 'HeadWeights', 'layer_heads', 'layer_slots', 'head_weight_slices',
+           'load_model']
 
 # %% ../nbs/02_models.ipynb #df9e0826
 @dataclass(frozen=True)
@@ -186,33 +187,56 @@ class HeadWeights:
             return parts[name].of() if name in parts else None
         raise AttributeError(name)
 
+LAYOUT_ATTR = '_sentinel_head_layout'   # set by `physical.prune_physically`: the model's HeadLayout (heads by original id)
+
+def layer_heads(model, layer: int) -> list[int]:
+    """The id of the query head at each physical position of `layer`: `range(n_heads)` for a model as built, the
+    surviving (original) ids for a physically pruned one, -1 for an emptied layer's placeholder head."""
+    lay = getattr(model, LAYOUT_ATTR, None)
+    return list(lay.heads[layer]) if lay is not None else list(range(head_counts(model)[1]))
+
+def layer_slots(model, layer: int) -> list[int]:
+    "The head id in each query slot the attention forward computes (the head axis of its attention weights; -1: padding)."
+    lay = getattr(model, LAYOUT_ATTR, None)
+    return [lay.heads[layer][p] if p >= 0 else -1 for p in lay.query_slots(layer)] if lay is not None else layer_heads(model, layer)
+
 def head_weight_slices(model, layer: int, head: int) -> HeadWeights:
-    "Views of query head `head`'s q/k/v rows (and biases) and out-projection columns in `layer`, respecting the layout."
+    """Views of query head `head`'s q/k/v rows (and biases) and out-projection columns in `layer`, respecting the layout;
+    `head` is the head's id, which after physical pruning is no longer its position (see `layer_heads`)."""
     a = get_adapter(model)
     n_layers, n_heads, n_kv, d = head_counts(model)
     if not (0 <= layer < n_layers and 0 <= head < n_heads): raise IndexError(f"(layer, head)=({layer}, {head}) outside {n_layers}x{n_heads}")
     attn = attention_modules(model)[layer]
-    n_rep = n_heads // n_kv
-    kv = head // n_rep
+    lay = getattr(model, LAYOUT_ATTR, None)
+    if lay is None:                               # as built: position = id, key/value row = id // group size
+        n_rep = n_heads // n_kv; pos, kv = head, head // n_rep; row, n_q = kv, n_heads
+        group = list(range(kv * n_rep, (kv + 1) * n_rep))
+    else:                                         # physically pruned: find the head, and the key/value row it reads
+        pos = lay.position(layer, head)
+        if pos is None: raise KeyError(f"head {head} of layer {layer} was removed physically: its weights are gone "
+                                       f"(live heads there: {[h for h in lay.heads[layer] if h >= 0]})")
+        row, n_q = (lay.q_kv[layer][pos] if lay.q_kv is not None else pos), lay.n_positions(layer)
+        kv = lay.kv_heads[layer][row] if lay.kv_heads is not None else head
+        group = [h for p, h in enumerate(lay.heads[layer]) if (lay.q_kv[layer][p] if lay.q_kv is not None else p) == row]
     parts = {}
     def add(name, mod, dim, start, transpose=False):
         parts[name] = HeadSlice(name, mod.weight, dim, start, d, transpose)
         if mod.bias is not None: parts[name + '_bias'] = HeadSlice(name + '_bias', mod.bias, 0, start, d)
     if a.qkv_layout == 'separate':
-        add('q', getattr(attn, a.q_attr), 0, head * d)
-        add('k', getattr(attn, a.k_attr), 0, kv * d)
-        add('v', getattr(attn, a.v_attr), 0, kv * d)
-    elif a.qkv_layout == 'conv1d_fused':          # Conv1D weight [hidden, 3*hidden]: columns q | k | v
-        fused, hidden = getattr(attn, a.fused_attr), n_heads * d
-        for i, nm in enumerate('qkv'): add(nm, fused, 1, i * hidden + (head if nm == 'q' else kv) * d, transpose=True)
+        add('q', getattr(attn, a.q_attr), 0, pos * d)
+        add('k', getattr(attn, a.k_attr), 0, row * d)
+        add('v', getattr(attn, a.v_attr), 0, row * d)
+    elif a.qkv_layout == 'conv1d_fused':          # Conv1D weight [hidden, 3 * heads * d]: columns q | k | v
+        fused, width = getattr(attn, a.fused_attr), n_q * d
+        for i, nm in enumerate('qkv'): add(nm, fused, 1, i * width + pos * d, transpose=True)
     elif a.qkv_layout == 'fused_interleaved':     # Linear weight [heads*3*d_head, hidden]: rows [head, (q,k,v), d_head]
         fused = getattr(attn, a.fused_attr)
-        for i, nm in enumerate('qkv'): add(nm, fused, 0, ((head if nm == 'q' else kv) * 3 + i) * d)
+        for i, nm in enumerate('qkv'): add(nm, fused, 0, (pos * 3 + i) * d)
     else: raise ValueError(f"unknown qkv_layout {a.qkv_layout!r}")
     o = getattr(attn, a.out_proj_attr)
     # Linear weight [out, in]: columns of this head; Conv1D weight [in, out]: rows of this head (viewed transposed)
-    parts['o'] = HeadSlice('o', o.weight, 0 if a.out_proj_kind == 'conv1d' else 1, head * d, d, a.out_proj_kind == 'conv1d')
-    return HeadWeights(layer, head, kv, list(range(kv * n_rep, (kv + 1) * n_rep)), parts)
+    parts['o'] = HeadSlice('o', o.weight, 0 if a.out_proj_kind == 'conv1d' else 1, pos * d, d, a.out_proj_kind == 'conv1d')
+    return HeadWeights(layer, head, kv, group, parts)
 
 # %% ../nbs/02_models.ipynb #e1dd8f82
 def _reference_qkv(model, attn, x, head):

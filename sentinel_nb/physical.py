@@ -11,14 +11,14 @@ from safetensors.torch import save_model, load_file
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
-from .models import get_adapter, attention_modules, head_counts, ADAPTERS
+from .models import get_adapter, attention_modules, head_counts, ADAPTERS, LAYOUT_ATTR
 from .gates import HeadGates, HeadState, _hook_owners   # the one way to find gate hooks on a model
 from .grow import _init_std   # the one rule for a new head's weight scale
 
 # %% auto #0
 __all__ = ['PAD', 'KV_CACHE_MODES', 'LAYOUT_FILE', 'WEIGHTS_FILE', 'LayoutError', 'HeadLayout', 'layout_of', 'is_physical',
-           'prune_physically', 'grow_physically', 'expected_shapes', 'check_shapes', 'apply_layout', 'save_pruned',
-           'load_pruned', 'export_onnx', 'onnx_max_diff']
+           'prune_physically', 'grow_physically', 'insert_heads', 'expected_shapes', 'check_shapes', 'apply_layout',
+           'save_pruned', 'load_pruned', 'export_onnx', 'onnx_max_diff']
 
 # %% ../nbs/15_physical.ipynb #65e33028
 PAD = -1   # id of a padding head / key-value row: zero weights in, zero output columns out; never counted as a head
@@ -186,7 +186,7 @@ class HeadLayout:
             out.append(line)
         return '\n'.join(out)
 
-_LAYOUT_ATTR = '_sentinel_head_layout'
+_LAYOUT_ATTR = LAYOUT_ATTR   # where the model keeps its layout (models.layer_heads reads it)
 
 def layout_of(model) -> HeadLayout:
     "The model's physical head layout: the one recorded by `prune_physically` / `grow_physically`, else the full grid."
@@ -363,10 +363,15 @@ def prune_physically(model, prune, kv_cache: str | None = None) -> HeadLayout:
     cfg = model.config
     if getattr(cfg, 'pretraining_tp', 1) > 1 and getattr(cfg, 'slow_but_exact', False):
         raise NotImplementedError("BLOOM with slow_but_exact=True slices the dense weight by the full width; set slow_but_exact=False")
-    others = [o for o in _hook_owners(model) if o is not prune]
-    if others:   # their hooks would reshape the narrower head axis with the old head count
-        raise ValueError("this model still carries HeadGates hooks (installed, or copied along with the model): pass those "
-                         "HeadGates to prune_physically (their gates are folded in and the hooks removed) or call .remove() first")
+    # HeadGates of this model follow its layout (they stay installed); hooks copied along with another model do not
+    foreign = [o for o in _hook_owners(model) if o is not prune and (o is None or o.model is not model)]
+    if foreign:
+        raise ValueError("this model carries HeadGates hooks copied from another model (copy.deepcopy of a gated model): "
+                         "install HeadGates on this model (it drops them) or remove them on the original before copying")
+    if not isinstance(prune, HeadGates) and isinstance(prune, (HeadState, torch.Tensor)) and _hook_owners(model):
+        # a state or mask folds its gate values into the weights, and the installed gates would apply them a second time
+        raise ValueError("this model still carries HeadGates hooks: pass those HeadGates to prune_physically (their gates are "
+                         "folded in and the hooks removed), remove them first, or give a list of (layer, head) to remove while they stay on")
     layout = layout_of(model)
     if kv_cache is not None and kv_cache not in KV_CACHE_MODES: raise ValueError(f"kv_cache must be one of {KV_CACHE_MODES}, got {kv_cache!r}")
     removed, scale, gates = _removal(model, layout, prune)
@@ -381,6 +386,9 @@ def prune_physically(model, prune, kv_cache: str | None = None) -> HeadLayout:
         o_scale = [scale.get((l, h), 1.) if h != PAD else 0. for h in heads] if scale else None
         _rebuild_layer(model, layout, new, l, q_src, kv_src, o_scale)
     setattr(model, _LAYOUT_ATTR, new)
+    for owner in _hook_owners(model):            # gates left installed: a removed head is a pruned head
+        for l, h in removed:
+            if h < owner.n_heads: owner.state.active[l, h] = False
     return new
 
 # %% ../nbs/15_physical.ipynb #eda8c27f
@@ -409,6 +417,42 @@ def grow_physically(model, layout: HeadLayout | None, layer: int, n: int, seed: 
         new.next_kv_id[layer] += added
     new.check()
     _rebuild_layer(model, cur, new, layer, q_src, kv_src, seed=seed)
+    setattr(model, _LAYOUT_ATTR, new)
+    return new
+
+# %% ../nbs/15_physical.ipynb #50a357dd
+def insert_heads(model, heads) -> HeadLayout:
+    """Put removed ORIGINAL heads `(layer, id)` back into the model, in place, with zero weights (q/k/v rows and output
+    columns), so the function is unchanged; returns (and records) the new layout. This is how growth fills a slot that
+    was pruned physically: `grow.grow_heads` then writes the new head's weights and ramps its gate in, as for a masked
+    slot. Each layer is kept in canonical order (by key/value head, then by id), so inserting every removed head gives
+    back the original layout. In grouped families a query head reads its own key/value head `id // group size`: the
+    stored row if another query still reads it, else a new (zero) row with that id."""
+    cur = layout_of(model)
+    try: pairs = sorted({(int(l), int(h)) for l, h in heads})
+    except (TypeError, ValueError): raise TypeError("give the heads to insert as (layer, head id) pairs") from None
+    bad = [p for p in pairs if not (0 <= p[0] < cur.n_layers and 0 <= p[1] < cur.n_heads)]
+    if bad: raise ValueError(f"heads {bad[:5]} are outside the original {cur.n_layers}x{cur.n_heads} grid: insert_heads puts back "
+                             "original heads (grow_physically adds new ones)")
+    there = [p for p in pairs if cur.position(*p) is not None]
+    if there: raise ValueError(f"heads {there[:5]} are still in the model: only removed heads can be inserted")
+    rep, grouped, new = cur.n_heads // cur.n_kv_heads, cur.q_kv is not None, HeadLayout(**asdict(cur))
+    plans = {}
+    for l in sorted({l for l, _ in pairs}):
+        add = [h for ll, h in pairs if ll == l]
+        old = [(h, p) for p, h in enumerate(cur.heads[l]) if h != PAD]        # (id, old position)
+        if not grouped:
+            order = sorted(old + [(h, 'zero') for h in add])
+            plans[l] = ([s for _, s in order], None); new.heads[l] = [h for h, _ in order]
+            continue
+        rows = {k: r for r, k in enumerate(cur.kv_heads[l]) if k != PAD}        # kv id -> old row
+        kv_ids = sorted(set(rows) | {h // rep for h in add})
+        order = sorted([(cur.kv_heads[l][cur.q_kv[l][p]], h, p) for h, p in old] + [(h // rep, h, 'zero') for h in add])
+        plans[l] = ([s for _, _, s in order], [rows.get(k, 'zero') for k in kv_ids])
+        new.heads[l], new.kv_heads[l] = [h for _, h, _ in order], kv_ids
+        new.q_kv[l] = [kv_ids.index(k) for k, _, _ in order]
+    new.check()
+    for l, (q_src, kv_src) in plans.items(): _rebuild_layer(model, cur, new, l, q_src, kv_src)
     setattr(model, _LAYOUT_ATTR, new)
     return new
 
@@ -453,12 +497,14 @@ LAYOUT_FILE, WEIGHTS_FILE = 'head_layout.json', 'model.safetensors'
 def _model_shapes(model) -> dict: return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 def apply_layout(model, layout: HeadLayout):
-    "Give an unpruned `model` the shapes of `layout` (zero attention weights: load the real ones next)."
-    if hasattr(model, _LAYOUT_ATTR): raise LayoutError("apply_layout needs a model built from its config, not an already pruned one")
-    layout.check(); full = HeadLayout.full(model)
+    "Give `model` (as built, or pruned) the shapes of `layout` (zero attention weights: load the real ones next)."
+    layout.check(); cur, full = layout_of(model), HeadLayout.full(model)
+    if (layout.model_type, layout.n_layers, layout.n_heads, layout.n_kv_heads) != (full.model_type, full.n_layers, full.n_heads, full.n_kv_heads):
+        raise LayoutError(f"the layout is for a {layout.model_type} with {layout.n_layers}x{layout.n_heads} heads, the model is a "
+                          f"{full.model_type} with {full.n_layers}x{full.n_heads}")
     for l in range(layout.n_layers):
         kv = ['zero'] * layout.n_kv_rows(l) if layout.kv_heads is not None else None
-        _rebuild_layer(model, full, layout, l, ['zero'] * layout.n_positions(l), kv)
+        _rebuild_layer(model, cur, layout, l, ['zero'] * layout.n_positions(l), kv)
     setattr(model, _LAYOUT_ATTR, HeadLayout(**asdict(layout)))
     return model
 

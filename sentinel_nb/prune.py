@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 import torch
 from .gates import HeadGates
+from .models import layer_heads
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'PruneResult', 'prunable_count', 'prune_heads', 'pruned_heads', 'restore_heads']
@@ -113,5 +114,8 @@ def restore_heads(model_or_gates, heads=None) -> list[tuple[int, int]]:
     for l, h in heads:
         if not (0 <= l < g.n_layers and 0 <= h < g.n_heads): raise ValueError(f"head {(l, h)} is outside {g.n_layers}x{g.n_heads}")
     restored = [(l, h) for l, h in heads if not bool(g.state.active[l, h])]
+    gone = [(l, h) for l, h in restored if h not in layer_heads(g.model, l)]
+    if gone: raise ValueError(f"heads {gone[:5]} were removed physically, so there are no weights to switch back on: "
+                              "insert them again with physical.insert_heads (new weights), or grow them with grow_heads")
     for l, h in restored: g.state.active[l, h] = True
     return restored

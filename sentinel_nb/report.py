@@ -117,7 +117,7 @@ def _overview(log: ExperimentLog, info: dict, folder) -> str:
     run = {'run id': info.get('run_id') or log.run_id, 'folder': folder, 'created': info.get('created'), 'status': status,
            'events': len(log.events), 'cycles done': max((e.cycle for e in log.filter('learn')), default=0)}
     df = metrics_table(log)
-    keep = [c for c in ('phase', 'step', 'perplexity', 'perplexity_vs_baseline_%', 'induction_score', 'active_heads') if c in df]
+    keep = [c for c in ('phase', 'step', 'perplexity', 'perplexity_vs_baseline_%', 'induction_score', 'active_heads', 'parameters') if c in df]
     ba = df.iloc[[0, -1]][keep] if len(df) else df
     cmd = reproduce_command(info)
     return (f'<h2>Run</h2>{_kv(run)}<h2>Model</h2>{_kv({k: v for k, v in (model or {}).items()})}'

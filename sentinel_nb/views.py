@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import torch
-from .models import load_model, head_counts, attention_weights
+from .models import load_model, head_counts, attention_weights, layer_slots
 from .gates import HeadGates, HeadState
 from .metrics import eval_mode, model_device, generate_samples, degeneration_metrics, perplexity
 from .log import load_checkpoint, latest_checkpoint, read_run_info, CheckpointError
@@ -47,7 +47,10 @@ def attention_patterns(model, tokenizer, prompt: str, max_tokens: int = 48, gate
         out = model(input_ids=torch.tensor([ids], device=model_device(model)), output_attentions=True, use_cache=False)
     if not out.attentions or any(a is None for a in out.attentions):
         raise ValueError("the model returned no attention weights: load it with attn_implementation='eager'")
-    att = torch.stack([a[0].float().cpu() for a in out.attentions])   # [layers, heads, q, k]
+    att = torch.zeros(n_layers, n_heads, len(ids), len(ids))   # [layers, heads, q, k] by head id: 0 for a removed head
+    for l, a in enumerate(out.attentions):                     # a: [1, query slots, q, k], physically pruned: fewer slots
+        for s, h in enumerate(layer_slots(model, l)):
+            if h >= 0: att[l, h] = a[0, s].float().cpu()
     code, ramp = _head_codes(model, gates, n_layers, n_heads)
     return {'attentions': att, 'tokens': [tokenizer.decode([i]) for i in ids], 'input_ids': list(ids), 'prompt': prompt,
             'truncated': truncated, 'n_layers': n_layers, 'n_heads': n_heads, 'n_kv_heads': n_kv, 'state': code, 'ramp': ramp}

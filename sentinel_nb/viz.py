@@ -410,14 +410,16 @@ def _phase_name(e: Event) -> str:
     return 'after warm-up' if e.kind == 'warmup' else f'cycle {e.cycle}: learned'
 
 def metrics_table(run) -> pd.DataFrame:
-    "One row per measured phase (baseline, warm-up, each cycle pruned and learned): its metrics, active heads, change vs baseline."
+    "One row per measured phase (baseline, warm-up, each cycle pruned and learned): its metrics, active heads (and, in a run that prunes physically, parameters), change vs baseline."
     log = as_log(run)
-    rows, heads_now = [], None
+    rows, heads_now, params_now = [], None, None
     for e in log.events:
         if e.head_state is not None: heads_now = int(np.sum(e.head_state['active']))   # the state this measurement saw
+        if 'physical' in e.info: params_now = e.info['physical']['parameters']           # the model's size from then on
         if e.kind not in ('measure', 'warmup', 'learn') or not e.metrics_after: continue
         m = {k: v for k, v in e.metrics_after.items() if k not in _NOT_SHOWN}
-        rows.append({'phase': _phase_name(e), 'kind': e.kind, 'cycle': e.cycle, 'step': e.step, **m, 'active_heads': heads_now})
+        rows.append({'phase': _phase_name(e), 'kind': e.kind, 'cycle': e.cycle, 'step': e.step, **m, 'active_heads': heads_now,
+                     **({'parameters': params_now} if params_now is not None else {})})
     df = pd.DataFrame(rows)
     if df.empty: return df
     base = df.perplexity.iloc[0]                  # the first measurement: the baseline (before warm-up)

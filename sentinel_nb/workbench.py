@@ -48,6 +48,7 @@ SETTINGS = {
     'warmup_max_steps': (_CONFIG_DEFAULTS['warmup_max_steps'], lambda v: W.IntText(value=v, description='warm-up ≤')),
     'lr': (_CONFIG_DEFAULTS['lr'], lambda v: W.FloatText(value=v, description='learning rate')),
     'seed': (_CONFIG_DEFAULTS['seed'], lambda v: W.IntText(value=v, description='seed')),
+    'physical': (_CONFIG_DEFAULTS['physical'], lambda v: W.Checkbox(value=v, description='remove pruned heads physically', indent=False)),
     'block_size': (128, lambda v: W.IntText(value=v, description='block size')),
     'batch_size': (8, lambda v: W.IntText(value=v, description='batch size')),
     'max_blocks': (0, lambda v: W.IntText(value=v, description='max blocks')),
@@ -63,7 +64,7 @@ def _setting_widgets(values: dict) -> dict:
 def _argv(s: dict, mode: str, extra: dict | None = None) -> list[str]:
     "The `sentinel run` arguments of the panel's settings `s` (and `extra` PlasticityConfig fields): the panel and the command line share every check."
     keys = ('model', 'corpus', 'out', 'block_size', 'batch_size', 'seed', 'prune_strategy', 'prune_level', 'grow_strategy',
-            'grow_ratio', 'cycles', 'steps', 'warmup_max_steps', 'lr')
+            'grow_ratio', 'cycles', 'steps', 'warmup_max_steps', 'lr', 'physical')
     argv = setting_flags({**{k: s[k] for k in keys}, 'max_blocks': s['max_blocks'] or None,          # 0: every block
                           'device': None if s['device'] == 'auto' else s['device'], **(extra or {})})
     return argv + {'resume': ['--resume'], 'overwrite': ['--overwrite']}.get(mode, [])
@@ -183,7 +184,7 @@ class Workbench:
         order = ['model', 'corpus', 'device', 'seed', 'prune_strategy', 'prune_level', 'grow_strategy', 'grow_ratio',
                  'cycles', 'steps', 'warmup_max_steps', 'lr', 'block_size', 'batch_size', 'max_blocks', 'folder']
         configure = W.VBox([W.GridBox([c[k] for k in order], layout=W.Layout(grid_template_columns='repeat(4, minmax(0, 1fr))',
-                                                                              grid_gap='4px 12px')), c['out']])
+                                                                              grid_gap='4px 12px')), W.HBox([c['out'], c['physical']])])
         tabs = W.Tab(children=[configure, self.events_html,
                                W.VBox([self.prompt, W.HBox([self.att_model, self.att_layer, self.att_head, self.att_button])]),
                                W.VBox([self.gen_prompt, W.HBox([self.gen_tokens, self.gen_seed, self.gen_button])]),

@@ -17,4 +17,5 @@ def test_bench_quick_run_writes_every_table(tmp_path):
     assert {'gate_overhead', 'eager_over_sdpa', 'score_over_step'} <= set(res['training'][0])
     assert [row['pruned_%'] for row in res['scaler']] == [9, 31, 50, 88] and all(0 < row['scaler_share_%'] < 100 for row in res['scaler'])
     md = next(tmp_path.glob('bench-*.md')).read_text()
-    assert '| model | pruned | batch |' in md and 'scaler share of the step' in md
+    assert '| model | pruned | batch |' in md and 'physical step / masked step' in md
+    assert all(row['physical_step_over_masked'] > 0 for row in res['scaler'])

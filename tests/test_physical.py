@@ -218,7 +218,8 @@ def test_head_state_and_mask_inputs():
     with HeadGates(from_state) as g:
         g.state.active.copy_(active); g.state.grown_at[0, 0] = 0; g.state.ramp_steps[0, 0] = 10; g.set_step(4)   # ramp 0.4
         masked = logits(from_state)
-        with pytest.raises(ValueError, match='still carries HeadGates hooks'): prune_physically(copy.deepcopy(from_state), g.state)
+        with pytest.raises(ValueError, match='still carries HeadGates hooks'): prune_physically(from_state, g.state)   # gates twice
+        with pytest.raises(ValueError, match='copied from another model'): prune_physically(copy.deepcopy(from_state), g.state)
     prune_physically(from_state, g.state)                       # the hooks are off: the state alone says what to keep
     assert (logits(from_state) - masked).abs().max().item() <= 1e-5
     from_mask = model('opt'); prune_physically(from_mask, active)

@@ -28,6 +28,16 @@ def test_run_saves_the_pruned_model_and_it_loads_back(tmp_path, capsys):
     assert diff <= 1e-5, diff
     assert sum(p.numel() for p in small.parameters()) == pruned['parameters']
 
+def test_a_physical_run_saves_the_model_it_already_is(tmp_path, capsys):
+    out, saved = tmp_path/'run', tmp_path/'pruned'
+    assert main(['run', '--out', str(out), '--physical', '--save-pruned', str(saved), *RUN]) == 0
+    res, err = capsys.readouterr()
+    pruned = json.loads(res)['pruned_model']
+    assert ' parameters)' in err and (out/'cycle-1'/'head_layout.json').exists()   # the run shrank the model as it went
+    small, _ = load_model(saved)
+    assert layout_of(small) == layout_of(load_checkpoint_model(out/'cycle-1', 'sentinel-tiny'))
+    assert sum(p.numel() for p in small.parameters()) == pruned['parameters'] == pruned['parameters_before']   # nothing left to remove
+
 def test_save_pruned_into_a_full_folder_is_refused_before_the_run(tmp_path, capsys):
     full = tmp_path/'full'; full.mkdir(); (full/'x.txt').write_text('mine')
     assert main(['run', '--out', str(tmp_path/'run'), '--save-pruned', str(full), *RUN]) == 2
