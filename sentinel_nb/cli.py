@@ -381,6 +381,7 @@ def run_args(argv: list[str]) -> argparse.Namespace:
 def _run(a) -> dict:
     from sentinel_nb.cycle import run_plasticity
     from sentinel_nb.report import export_report, REPORT_NAME      # (also lets --overwrite replace an old report.html)
+    from sentinel_nb.viz import against_control, against_control_text
     say = lambda s: print(s, file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     ready = prepare_run(a)
@@ -413,10 +414,12 @@ def _run(a) -> dict:
     if getattr(a, 'report', True):            # a stopped or resumed run reports what it has; before the stop / continue line
         try: report = export_report(a.out, Path(a.out)/REPORT_NAME); say(f"sentinel: report {report}")
         except (ValueError, OSError) as e: say(f"sentinel: no report written: {' '.join(str(e).split())}")
+    verdict = against_control(log)                   # the run against the dense model trained the same way
+    if verdict: say(f"sentinel: {against_control_text(verdict)}")
     if diverged: say(f"sentinel: {stop.info.get('reason')}")
     elif stop: say(f"sentinel: the run stopped ({stop.info.get('reason')}) with a checkpoint; continue it with: sentinel run --out {a.out} --resume")
     ms = log.metrics_frame()
-    return {'out': a.out, 'events': len(log), 'report': str(report) if report else None, 'pruned_model': pruned, 'stopped': stop.info.get('reason') if stop else None, 'diverged': diverged,
+    return {'out': a.out, 'events': len(log), 'report': str(report) if report else None, 'pruned_model': pruned, 'against_control': verdict, 'stopped': stop.info.get('reason') if stop else None, 'diverged': diverged,
             'seconds': time.perf_counter() - t0,
             'perplexity': {f"{r.kind}-{r.cycle}": r.after_perplexity for r in ms.itertuples() if not math.isnan(r.after_perplexity)}}
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 from .core import seed_everything, autocast, mixed_precision_for
 from .gates import HeadGates
 from .models import head_counts, attention_implementation, set_attention
@@ -114,6 +115,9 @@ class PlasticityConfig:
     boost_steps: int = 40
     grace_steps: int = 80             # a grown head cannot be pruned until it has trained this many steps
     physical: bool = False            # remove pruned heads' weights for real, and grow into those slots physically
+    # after the cycles, fine-tune the dense model after warm-up with the run's learning steps, data order and learning
+    # rate, and measure the run against it (without it a run can only say it beat the model it started from)
+    dense_control: bool = True
     steps: int = 40                   # learning steps per cycle
     warmup_max_steps: int = 60        # warm-up ends at a loss plateau or after this many steps (0: no warm-up)
     warmup_window: int = 20           # the plateau rule compares the last two windows of this many steps
@@ -140,7 +144,7 @@ class PlasticityConfig:
         for name in ('ramp_steps', 'boost_steps', 'grace_steps', 'steps', 'warmup_max_steps', 'max_new_tokens'): _int(self, name, 0)
         _number(self, 'lr_boost', 1); _int(self, 'warmup_window', 1); _number(self, 'warmup_threshold', 0)
         _number(self, 'lr', 0, lo_open=True); _choice(self, 'stability_level', (0, 1, 2))
-        for name in ('distill', 'physical'):
+        for name in ('distill', 'physical', 'dense_control'):
             if not isinstance(getattr(self, name), bool): raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.patience is not None: _int(self, 'patience', 1, none='None or ')
         _int(self, 'eval_every', 1); _choice(self, 'mixed_precision', MIXED_PRECISION_CHOICES); _choice(self, 'attention', ('sdpa', 'eager'))
@@ -279,6 +283,8 @@ class PlasticityRunner:
         self.position = None            # inside a phase: what that phase needs to go on (JSON-ready); None between phases
         self._trainer_state = None      # inside a training phase: FineTuner state and random states (tensors)
         self.stop_reason, self.diverged = None, None
+        self._dense_after_warmup = None  # the dense control's start when there is no warm-up checkpoint to load it from
+        self.control_steps = 0          # optimizer steps of the dense control so far (not run steps: global_step stays)
         self._attention_before = self.attention = attention_implementation(model)   # set to cfg.attention when the run starts
 
     def _check(self, model, data):
@@ -411,11 +417,16 @@ class PlasticityRunner:
     def _eval_batches(self) -> list[dict]:
         return _take(_loader(self.data['validation'], self.cfg.seed, shuffle=False), self.cfg.eval_batches)
 
-    def measure(self) -> dict:
-        "Perplexity, induction probe, samples and degeneration on the fixed validation batches and prompts."
+    def measure(self, model=None) -> dict:
+        "Perplexity, induction probe, samples and degeneration of the run's model (or `model`) on the fixed validation batches and prompts."
         with self._autocast():
-            return evaluate(self.model, self._eval_batches(), tokenizer=self.tok, prompts=self.cfg.prompts if self.tok else None,
+            return evaluate(model or self.model, self._eval_batches(), tokenizer=self.tok, prompts=self.cfg.prompts if self.tok else None,
                             generate_kwargs={'max_new_tokens': self.cfg.max_new_tokens, 'seed': self.cfg.seed})
+
+    def _tuner_settings(self, steps: int, seed: int) -> dict:
+        "What every FineTuner of the run shares (the dense control's too): learning rate, stability, seed, schedule, precision."
+        return dict(lr=self.cfg.lr, stability_level=self.cfg.stability_level, seed=seed, warmup_steps=min(10, max(1, steps // 5)),
+                    mixed_precision=self.mixed_precision)
 
     def _train(self, phase: str, cycle: int, steps: int, seed: int, progress: dict | None = None) -> dict:
         "A FineTuner for `steps` steps of `phase` (warm-up: until the loss plateaus), continuing `progress` of a stopped run: a generator of the steps, returning the result."
@@ -424,9 +435,8 @@ class PlasticityRunner:
         losses = list(self._trainer_state['losses']) if progress else []   # the losses so far (NaN kept: not JSON)
         evals_so_far = list(self._trainer_state.get('evals', [])) if progress else []
         self.gates.set_step(start)                         # grown heads' ramps and boosts count global steps
-        tuner = FineTuner(self.model, self.gates, lr=cfg.lr, stability_level=cfg.stability_level, seed=seed,
-                          warmup_steps=min(10, max(1, steps // 5)), distill_from=self.teacher,
-                          patience=cfg.patience if learn else None, mixed_precision=self.mixed_precision)
+        tuner = FineTuner(self.model, self.gates, **self._tuner_settings(steps, seed), distill_from=self.teacher,
+                          patience=cfg.patience if learn else None)
         batches = _Batches(tuner.accelerator.prepare(_loader(self.data['train'], seed)), progress['batches'] if progress else 0)
         if progress:                                       # exactly where the stopped run was
             st = self._trainer_state
@@ -605,11 +615,14 @@ class PlasticityRunner:
                 if not (yield from self.warmup()): return self._finish()
                 self.next_cycle = 1
                 self.checkpoint('warmup')
+                if self.cfg.dense_control and self.out is None: self._dense_after_warmup = _trainable_copy(self.model)
             while self.next_cycle <= self.cfg.cycles:
                 if self.position is None and self.control.check(): self.stop_reason = self.control.reason; break
                 if not (yield from self.cycle(self.next_cycle)): break
                 self.next_cycle += 1
                 self.checkpoint(f'cycle-{self.next_cycle - 1}')
+            else:                                          # every cycle done (a stop breaks out of the loop)
+                if self.cfg.dense_control and not (yield from self.dense_control()): return self._finish()
             return self._finish()
 
     def run(self) -> ExperimentLog:
@@ -620,6 +633,90 @@ class PlasticityRunner:
         "Remove the gates if this runner installed them (a user's own gates stay); the model's attention implementation as it came."
         if self.own_gates: self.gates.remove()
         set_attention(self.model, self._attention_before)
+
+# %% ../nbs/10_cycle.ipynb #ba73377e
+def _trainable_copy(model):
+    "A copy of `model` without its gates, in train mode, with the same parameters trainable: the dense control's start."
+    twin = dense_copy(model).train()
+    for p, q in zip(model.parameters(), twin.parameters()): q.requires_grad_(p.requires_grad)
+    return twin
+
+def _forward_ms(models: dict, batch: dict, device, reps: int = 3) -> dict:
+    "Median milliseconds of one forward of `batch` through each model, interleaved (A B A B ...) so drift hits both alike."
+    ids = batch['input_ids'].to(device); times = {k: [] for k in models}
+    with torch.no_grad():
+        for r in range(reps + 1):                           # the first round warms up and is not counted
+            for k, m in models.items():
+                if device.type == 'cuda': torch.cuda.synchronize()
+                t = time.perf_counter(); m(input_ids=ids, use_cache=False)
+                if device.type == 'cuda': torch.cuda.synchronize()
+                if r: times[k].append(1000 * (time.perf_counter() - t))
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+@patch
+def _dense_start(self: PlasticityRunner):
+    "The dense model after warm-up, trainable: loaded from the warm-up checkpoint (any run with a folder), else the copy kept then."
+    if self._dense_after_warmup is not None: return self._dense_after_warmup
+    folder = next((f for f in (self.out/'warmup', self.run_dir/'warmup' if self.run_dir else None) if f is not None and f.is_dir()), None)
+    if folder is None: raise CheckpointError("the dense control needs the model after warm-up, but the run folder has no warmup checkpoint: "
+                                             "run with dense_control=False, or start the run again")
+    model = _trainable_copy(self.model)
+    load_checkpoint(folder, model, None, run_id=self.run_id)           # a physically pruned copy is rebuilt to the dense shapes
+    frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad}
+    for n, p in model.named_parameters(): p.requires_grad_(n not in frozen)
+    return model
+
+@patch
+def _against_control(self: PlasticityRunner, model, control_ppl: float) -> dict:
+    "The run's result against the dense control: perplexity ratio, heads kept, parameters and forward time of the result pruned physically."
+    run_ppl = self.log.filter('learn')[-1].metrics_after['perplexity']
+    pruned = dense_copy(self.model); prune_physically(pruned, self.gates.state)   # what --save-pruned writes
+    batch = self._eval_batches()[0]
+    with self._autocast(): ms = _forward_ms({'dense': model.eval(), 'pruned': pruned}, batch, self.device)
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    out = {'perplexity': run_ppl, 'control_perplexity': control_ppl, 'perplexity_over_control': run_ppl / control_ppl,
+           'active_heads': int(self.gates.state.active.sum()), 'heads': int(self.gates.state.active.numel()),
+           'parameters_dense': n(model), 'parameters_pruned': n(pruned), 'forward_ms_dense': ms['dense'],
+           'forward_ms_pruned': ms['pruned'], 'speedup': ms['dense'] / ms['pruned'], 'timed_batch': list(batch['input_ids'].shape)}
+    del pruned
+    return out
+
+@patch
+def dense_control(self: PlasticityRunner):
+    "Fine-tune the dense model after warm-up exactly as the run learned, measuring after each cycle: a generator of its steps, returning False if it stopped."
+    cfg = self.cfg
+    self.position = None                                   # a stop inside the control starts it again on resume
+    if self.log.filter('control'):                         # ... without the events of the stopped attempt
+        self.log.events = [e for e in self.log.events if e.kind != 'control']
+        if self.log.events_path: self.log.write_events(self.log.events_path)
+    model = self._dense_start()
+    self.control_steps = 0
+    for c in range(1, cfg.cycles + 1):
+        learned = self.log.filter('learn', c)
+        if not learned: continue                           # (a resumed log that lacks a cycle: nothing to match)
+        n, seed = learned[0].info['steps'], cfg.seed * 1000 + c + 3   # the run's learn phase of cycle c: its steps and seed
+        self._phase('control', c)
+        yield None                                         # a phase starts: a driver may pause here
+        model.train()
+        tuner = FineTuner(model, None, **self._tuner_settings(cfg.steps, seed))
+        batches = tuner.accelerator.prepare(_loader(self.data['train'], seed))
+        losses, stopped = [], {}
+        def on_step(rec): losses.append(rec['loss']); self.control_steps += 1
+        def should_stop():
+            if self.control.check(): stopped['why'] = True; return True
+            return tuner.step >= n                         # a learn phase stopped early by patience: as many steps
+        try: yield from tuner.train_steps(batches, cfg.steps, on_step=on_step, should_stop=should_stop)
+        finally: tuner.close()
+        if stopped:
+            self.position, self.stop_reason = {'phase': 'control', 'cycle': c}, self.control.reason
+            return False
+        after = self.measure(model)
+        info = {'steps': len(losses), 'losses': losses, 'seed': seed, 'learn_perplexity': learned[0].metrics_after['perplexity']}
+        if c == cfg.cycles: info['against_control'] = self._against_control(model, after['perplexity'])
+        self.log.add(kind='control', cycle=c, step=learned[0].step, metrics_after=_metrics(after), samples=after.get('samples', []), info=info)
+        yield None                                         # an event was logged: a driver may show it
+    self._dense_after_warmup = None
+    return True
 
 # %% ../nbs/10_cycle.ipynb #4caf5f0e
 def run_plasticity(model, data: dict, tokenizer=None, out=None, resume=None, overwrite: bool = False, run_info: dict | None = None,

@@ -52,7 +52,7 @@ def _read_json(path, error=LogFileError, what: str = 'file', fix: str = '') -> d
     return d
 
 # %% ../nbs/09_log.ipynb #039d8110
-EVENT_KINDS = ('start', 'warmup', 'score', 'prune', 'measure', 'grow', 'learn', 'checkpoint', 'resume', 'stop', 'end')
+EVENT_KINDS = ('start', 'warmup', 'score', 'prune', 'measure', 'grow', 'learn', 'control', 'checkpoint', 'resume', 'stop', 'end')
 SCHEMA_VERSION = 1
 
 def _plain(x):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_physical.ipynb #b5e57cb1
 from __future__ import annotations
-import json, math
+import copy, json, math
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from safetensors.torch import save_model, load_file
@@ -18,7 +18,7 @@ from .grow import _init_std   # the one rule for a new head's weight scale
 # %% auto #0
 __all__ = ['PAD', 'KV_CACHE_MODES', 'LAYOUT_FILE', 'WEIGHTS_FILE', 'LayoutError', 'HeadLayout', 'layout_of', 'is_physical',
            'prune_physically', 'grow_physically', 'insert_heads', 'expected_shapes', 'check_shapes', 'apply_layout',
-           'save_pruned', 'load_pruned', 'export_onnx', 'onnx_max_diff']
+           'save_pruned', 'load_pruned', 'export_onnx', 'onnx_max_diff', 'OnnxError', 'onnx_fp32_error']
 
 # %% ../nbs/15_physical.ipynb #65e33028
 PAD = -1   # id of a padding head / key-value row: zero weights in, zero output columns out; never counted as a head
@@ -573,13 +573,46 @@ def export_onnx(model, path, example_ids: torch.Tensor | None = None, dynamo: bo
     with torch.no_grad(): torch.onnx.export(wrapper, (ids,), str(path), **kw)
     return path
 
-def onnx_max_diff(model, path, blocks: list[torch.Tensor]) -> float:
-    "Max |logits(onnxruntime) - logits(torch)| over `blocks` of token ids `[batch, pos]`."
+def _ort_logits(path, blocks: list[torch.Tensor]):
+    "onnxruntime's logits `[batch, pos, vocab]` for each of `blocks`, one session for all."
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for ids in blocks: yield torch.from_numpy(sess.run(['logits'], {'input_ids': ids.numpy()})[0])
+
+def onnx_max_diff(model, path, blocks: list[torch.Tensor]) -> float:
+    "Max |logits(onnxruntime) - logits(torch)| over `blocks` of token ids `[batch, pos]`."
     worst = 0.
-    for ids in blocks:
+    for ids, got in zip(blocks, _ort_logits(path, blocks)):
         with torch.no_grad(): ref = model(input_ids=ids, use_cache=False).logits
-        got = torch.from_numpy(sess.run(['logits'], {'input_ids': ids.numpy()})[0])
         worst = max(worst, (got - ref).abs().max().item())
     return worst
+
+@dataclass
+class OnnxError:
+    "How far onnxruntime's fp32 logits are from the float64 truth, next to how far torch's own fp32 logits are."
+    onnx: float     # max |logits(onnxruntime, fp32) - logits(torch, float64)|
+    torch: float    # max |logits(torch, fp32) - logits(torch, float64)|: the rounding any fp32 run of the model carries
+    scale: float    # max |logits(torch, float64)|
+
+    def within(self, factor: float = 2.) -> bool:
+        "Whether the export is no further from the truth than `factor` times torch's own fp32 forward."
+        return self.onnx <= factor * self.torch
+
+def onnx_fp32_error(model, path, blocks: list[torch.Tensor]) -> OnnxError:
+    """`OnnxError` of the fp32 graph at `path` (from `export_onnx(model, ...)`) over `blocks` of token ids `[batch, pos]`:
+    onnxruntime and `model` each against a float64 copy of `model` (it needs memory for that copy). A fixed bound on
+    |onnxruntime - torch| does not hold on a deep model: both round the same float64 function differently, and the
+    model amplifies that rounding (on SmolLM2-135M torch fp32 alone is ~2e-4 from float64)."""
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32: raise ValueError(f"onnx_fp32_error compares a float32 model with its float64 copy; this one is "
+                                                f"{dtype}: pass model.float() (and export that)")
+    exact = copy.deepcopy(model).double()
+    onnx = fp32 = scale = 0.
+    for ids, got in zip(blocks, _ort_logits(path, blocks)):
+        with torch.no_grad():
+            truth = exact(input_ids=ids, use_cache=False).logits                  # [batch, pos, vocab] float64
+            ref = model(input_ids=ids, use_cache=False).logits.double()
+        onnx = max(onnx, (got.double() - truth).abs().max().item())
+        fp32 = max(fp32, (ref - truth).abs().max().item())
+        scale = max(scale, truth.abs().max().item())
+    return OnnxError(onnx, fp32, scale)

@@ -15,7 +15,7 @@ from plotly.offline import get_plotlyjs
 from .log import ExperimentLog, Event, LogFileError, run_checkpoints
 from .models import load_model
 from .viz import (as_log, timeline, head_map, head_history_map, score_maps, decision_views, metrics_table, head_label,
-                  _phase_name, _state_events, _config)
+                  against_control, _phase_name, _state_events, _config)
 from .views import (generations_table, attention_patterns, attention_mosaic, entropy_by_head, compare_heads,
                                load_checkpoint_model)
 
@@ -118,9 +118,20 @@ def _overview(log: ExperimentLog, info: dict, folder) -> str:
            'events': len(log.events), 'cycles done': max((e.cycle for e in log.filter('learn')), default=0)}
     df = metrics_table(log)
     keep = [c for c in ('phase', 'step', 'perplexity', 'perplexity_vs_baseline_%', 'induction_score', 'active_heads', 'parameters') if c in df]
-    ba = df.iloc[[0, -1]][keep] if len(df) else df
+    # first and last measurement of the run, and the last dense control
+    ba = pd.concat([df[df.kind != 'control'].iloc[[0, -1]], df[df.kind == 'control'].iloc[-1:]])[keep] if len(df) else df
+    v = against_control(log)
+    verdict = (_kv({'the run': f"perplexity {v['perplexity']:.2f} with {v['active_heads']} of {v['heads']} heads",
+                    'the dense control': f"perplexity {v['control_perplexity']:.2f}: the model after warm-up trained with the run's "
+                                         "learning steps, data order and learning rate, nothing pruned",
+                    'run / control': f"{v['perplexity_over_control']:.3f}x ({100 * (v['perplexity_over_control'] - 1):+.1f} %)",
+                    'parameters, pruned physically': f"{v['parameters_pruned']:,} of {v['parameters_dense']:,} "
+                                                     f"({100 * (v['parameters_pruned'] / v['parameters_dense'] - 1):+.1f} %)",
+                    'forward time': f"x{v['speedup']:.2f} the dense model's speed ({v['forward_ms_pruned']:.1f} vs {v['forward_ms_dense']:.1f} ms, "
+                                    f"batch {' x '.join(map(str, v['timed_batch']))}, median of 3 on the machine that ran it)"})
+               if v else '<p class="muted">no dense control in this run (run with dense_control on, the default, and let it finish)</p>')
     cmd = reproduce_command(info)
-    return (f'<h2>Run</h2>{_kv(run)}<h2>Model</h2>{_kv({k: v for k, v in (model or {}).items()})}'
+    return (f'<h2>Run</h2>{_kv(run)}<h2>Against the dense control</h2>{verdict}<h2>Model</h2>{_kv({k: v for k, v in (model or {}).items()})}'
             f'<h2>Corpus and data</h2>{_kv({"corpus": info.get("corpus"), **{k: v for k, v in (info.get("data") or {}).items() if k != "fingerprint"}})}'
             f'<h2>Metrics before / after</h2>{_frame(ba)}<h2>Every measured phase</h2>{_frame(df)}'
             f'<h2>Heads before / after</h2>{_table([{"": "first measured", "active heads": _active(first), "pruned": _pruned_heads(first)}, {"": "last", "active heads": _active(last), "pruned": _pruned_heads(last)}])}'

@@ -18,7 +18,8 @@ from .prune import STRATEGIES as PRUNE_STRATEGIES
 # %% auto #0
 __all__ = ['STATE_NAMES', 'STATE_COLORS', 'OUTCOME_COLORS', 'PHASE_COLORS', 'EVENT_COLORS', 'FONT', 'as_log', 'style',
            'head_label', 'head_states', 'head_map', 'smooth', 'live_phase', 'timeline', 'score_maps', 'decision_table',
-           'decision_view', 'decision_views', 'head_history', 'head_history_map', 'metrics_table']
+           'decision_view', 'decision_views', 'head_history', 'head_history_map', 'metrics_table', 'against_control',
+           'against_control_text']
 
 # %% ../nbs/12_viz.ipynb #1ba07c65
 def as_log(run) -> ExperimentLog:
@@ -224,6 +225,14 @@ def timeline(run, smoothing: float = 0.3, live: dict | None = None) -> go.Figure
         x, y, t = zip(*sorted(pts, key=lambda p: p[0]))
         fig.add_scatter(x=x, y=y, mode='markers', marker=dict(size=9, color='#333', symbol='diamond'), name='perplexity',
                         text=t, hovertemplate='%{text}<br>step %{x}: perplexity %{y:.2f}<extra></extra>', yaxis='y3')
+    # the dense control at the end of each learn phase it matches: where the run would be without pruning and growth
+    ctl = [(e.step, _ppl(e.metrics_after), e.cycle) for e in log.filter('control') if _ppl(e.metrics_after) is not None]
+    if ctl:
+        x, y, c = zip(*ctl)
+        fig.add_scatter(x=x, y=y, mode='markers+lines', marker=dict(size=9, color='#2a9d8f', symbol='diamond-open', line=dict(width=2)),
+                        line=dict(color='#2a9d8f', dash='dash', width=1), name='dense control', customdata=c, yaxis='y3',
+                        hovertemplate='dense control, cycle %{customdata}: the dense model trained as the run learned<br>'
+                                      'step %{x}: perplexity %{y:.2f}<extra></extra>')
     snaps = _state_events(log)
     active = [(e.step, int(np.sum(e.head_state['active']))) for _, e in snaps]
     if active:
@@ -407,22 +416,43 @@ _NOT_SHOWN = ('nll', 'n_tokens', 'induction_loss_first', 'induction_loss_second'
 
 def _phase_name(e: Event) -> str:
     if e.kind == 'measure': return {'baseline': 'baseline', 'after pruning': f'cycle {e.cycle}: pruned'}.get(e.info.get('what'), f"cycle {e.cycle}: {e.info.get('what', 'measured')}")
+    if e.kind == 'control': return f'cycle {e.cycle}: dense control'
     return 'after warm-up' if e.kind == 'warmup' else f'cycle {e.cycle}: learned'
 
 def metrics_table(run) -> pd.DataFrame:
-    "One row per measured phase (baseline, warm-up, each cycle pruned and learned): its metrics, active heads (and, in a run that prunes physically, parameters), change vs baseline."
+    """One row per measured phase (baseline, warm-up, each cycle pruned and learned, then the dense control of each cycle):
+    its metrics, active heads (and, in a run that prunes physically, parameters), change vs baseline."""
     log = as_log(run)
-    rows, heads_now, params_now = [], None, None
+    rows, heads_now, params_now, n_heads, params_dense = [], None, None, None, None
     for e in log.events:
-        if e.head_state is not None: heads_now = int(np.sum(e.head_state['active']))   # the state this measurement saw
-        if 'physical' in e.info: params_now = e.info['physical']['parameters']           # the model's size from then on
-        if e.kind not in ('measure', 'warmup', 'learn') or not e.metrics_after: continue
+        if e.head_state is not None:
+            heads_now = int(np.sum(e.head_state['active']))                  # the state this measurement saw
+            n_heads = n_heads or int(np.size(e.head_state['active']))
+        if 'physical' in e.info:
+            params_now = e.info['physical']['parameters']                    # the model's size from then on
+            params_dense = params_dense or params_now                        # the baseline's: before any pruning
+        if e.kind not in ('measure', 'warmup', 'learn', 'control') or not e.metrics_after: continue
         m = {k: v for k, v in e.metrics_after.items() if k not in _NOT_SHOWN}
-        rows.append({'phase': _phase_name(e), 'kind': e.kind, 'cycle': e.cycle, 'step': e.step, **m, 'active_heads': heads_now,
-                     **({'parameters': params_now} if params_now is not None else {})})
+        dense = e.kind == 'control'                    # the dense model: every head, the parameters it started with
+        rows.append({'phase': _phase_name(e), 'kind': e.kind, 'cycle': e.cycle, 'step': e.step, **m,
+                     'active_heads': n_heads if dense else heads_now,
+                     **({'parameters': params_dense if dense else params_now} if params_now is not None else {})})
     df = pd.DataFrame(rows)
     if df.empty: return df
     base = df.perplexity.iloc[0]                  # the first measurement: the baseline (before warm-up)
     df['perplexity_vs_baseline_%'] = 100 * (df.perplexity / base - 1)
     if 'induction_score' in df: df['induction_vs_baseline'] = df.induction_score - df.induction_score.iloc[0]
     return df
+
+def against_control(run) -> dict | None:
+    "The run's verdict against its dense control (the last `control` event's), None if the run has none (yet)."
+    ctl = as_log(run).filter('control')
+    return ctl[-1].info.get('against_control') if ctl else None
+
+def against_control_text(v: dict) -> str:
+    "The verdict in one sentence: perplexity vs the dense control, heads kept, parameters and forward time pruned physically."
+    r = v['perplexity_over_control']
+    return (f"perplexity {v['perplexity']:.2f} vs {v['control_perplexity']:.2f} for the dense model trained the same way "
+            f"({r:.3f}x, {100 * (r - 1):+.1f} %), with {v['active_heads']} of {v['heads']} heads; pruned physically "
+            f"{v['parameters_pruned']:,} of {v['parameters_dense']:,} parameters ({100 * (v['parameters_pruned'] / v['parameters_dense'] - 1):+.1f} %), "
+            f"forward x{v['speedup']:.2f} the dense model's speed (batch {' x '.join(map(str, v['timed_batch']))}, median of 3, this machine)")

@@ -236,12 +236,16 @@ class Workbench:
         return ' · '.join(parts)
 
     def _total_steps(self) -> int:
-        cfg = self.runner.cfg
-        return cfg.warmup_max_steps + cfg.cycles * cfg.steps      # at most: a warm-up can end early on a plateau
+        cfg = self.runner.cfg                                      # at most: a warm-up can end early on a plateau
+        return cfg.warmup_max_steps + cfg.cycles * cfg.steps * (2 if cfg.dense_control else 1)   # the control learns again
+
+    def _steps_done(self) -> int:
+        r = self.runner
+        return r.global_step + r.control_steps if r is not None else 0
 
     def _eta(self) -> float | None:
         if self.runner is None or self.state not in ('running', 'paused') or self._steps_run < 3: return None
-        return max(0., (self._total_steps() - self.runner.global_step) * self._t_run / self._steps_run)
+        return max(0., (self._total_steps() - self._steps_done()) * self._t_run / self._steps_run)
 
     def _error(self, e: Exception | str):
         self.message.value = f'<span style="color:#c62828">{html.escape(" ".join(str(e).split()))}</span>'
@@ -269,7 +273,7 @@ class Workbench:
             if log.filter('prune'): self._show('scores', score_maps(log, cycle=log.filter('prune')[-1].cycle))
             self.events_html.value = _events_html(log)
         self.progress.max = max(1, self._total_steps()) if self.runner is not None else self.progress.max
-        self.progress.value = min(self.progress.max, self.runner.global_step if self.runner is not None else 0)
+        self.progress.value = min(self.progress.max, self._steps_done())
         self.status.value = self._status_html()
         self.redraws.append(now)
         if self.first_update_s is None and self.live and self.live['losses'] and self._t_start is not None:

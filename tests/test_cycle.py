@@ -37,7 +37,7 @@ def test_phases_callbacks_and_log_file(tmp_path):
     phases, events, steps = [], [], []
     log = run_plasticity(tiny_model('gpt2'), DATA, out=tmp_path, cycles=1, progress=False, on_phase=lambda p, c: phases.append(p),
                          on_event=events.append, on_step=steps.append, **SMALL)
-    assert phases == ['warmup', 'score', 'prune', 'measure', 'grow', 'learn']
+    assert phases == ['warmup', 'score', 'prune', 'measure', 'grow', 'learn', 'control']   # then the dense control
     assert [e.kind for e in events] == [e.kind for e in log.events]
     assert len(steps) == log.filter('learn')[0].info['steps'] + log.filter('warmup')[0].info['steps']
     saved = json.loads((tmp_path/'log.json').read_text())

@@ -96,11 +96,12 @@ def test_score_maps_and_history(run):
 def test_metrics_table_rows_match_the_measurements(run):
     log, _ = run
     mt = metrics_table(log)
-    measured = [e for e in log.events if e.kind in ('measure', 'warmup', 'learn')]
+    measured = [e for e in log.events if e.kind in ('measure', 'warmup', 'learn', 'control')]   # the dense control's rows last
     assert list(mt.kind) == [e.kind for e in measured] and list(mt.step) == [e.step for e in measured]
     assert list(mt.perplexity) == [e.metrics_after['perplexity'] for e in measured]
     assert mt['perplexity_vs_baseline_%'][0] == 0 and mt.active_heads[0] == 8
     assert mt.active_heads[2] == 8 - len(log.filter('prune')[0].heads)
+    assert list(mt.active_heads[mt.kind == 'control']) == [8] * len(log.filter('control')) > []   # the control is dense
 
 def test_a_run_folder_and_its_files_give_the_same_figures(run):
     log, out = run

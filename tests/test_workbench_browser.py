@@ -52,7 +52,9 @@ def test_workbench_in_jupyterlab(tmp_path):
         n0 = len(watched(page)['status']); time.sleep(3); n1 = len(watched(page)['status'])
         click_button(page, 'Pause')
         wait_text(page, '.sentinel-status', r'^paused')
-        held = step_count(page); time.sleep(2)
+        # the step in flight when the click arrived may still land (a loaded machine delivers its redraw late): read the
+        # counter once that has settled, then it must hold
+        time.sleep(1); held = step_count(page); time.sleep(2)
         assert step_count(page) == held, 'the step counter moved while paused'
         screenshot(page, '03_paused', shots)
         click_button(page, 'Run')                                   # continue after the pause
