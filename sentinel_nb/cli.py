@@ -222,6 +222,23 @@ def _add_compare(sub):
                                                   a.learn_steps, a.lr, block_size=a.block_size, batch_size=a.batch_size,
                                                   device=a.device, seed=a.seed, log=lambda s: print(s, file=sys.stderr, flush=True)))
 
+# %% ../nbs/11_cli.ipynb #a71ae306
+def _add_bench(sub):
+    from sentinel_nb.benchmark import METHODS, PROFILES      # (light: the runs happen only when the command runs)
+    p = sub.add_parser('bench', help='every pruning method against the dense model trained the same way, at the same head count, over seeds')
+    p.add_argument('--profile', choices=list(PROFILES), default='quick',
+                   help='quick: sentinel-tiny, one seed, minutes (a pipeline check, not evidence); full: both offline models, 10-50 %%, 3 seeds (hours)')
+    p.add_argument('--out', default='bench/results', help='folder for bench-<profile>-<time>.json and .md')
+    p.add_argument('--models', nargs='+', default=None, help="override the profile's models")
+    p.add_argument('--methods', nargs='+', choices=list(METHODS), default=None, help='only these methods (default: all)')
+    p.add_argument('--seeds', nargs='+', type=int, default=None, help="override the profile's seeds")
+    p.add_argument('--fractions', nargs='+', type=float, default=None, help="override the profile's fractions of heads removed")
+    def run(a):
+        from sentinel_nb.benchmark import run_benchmark
+        path = run_benchmark(a.profile, a.out, models=a.models, methods=a.methods, seeds=a.seeds, fractions=a.fractions)
+        return {'results': str(path), 'table': str(path.with_suffix('.md'))}
+    p.set_defaults(func=run)
+
 # %% ../nbs/11_cli.ipynb #c848a42e
 def _add_eval(sub):
     p = sub.add_parser('eval', help='held-out perplexity and load time of a model')
@@ -438,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_compare(sub)
     _add_report(sub)
+    _add_bench(sub)
     for p in sub.choices.values():   # `sentinel run ... --debug` works too
         p.add_argument('--debug', action='store_true', default=argparse.SUPPRESS, help='on an error, show its full traceback')
     return parser

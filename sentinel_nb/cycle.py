@@ -104,6 +104,11 @@ class PlasticityConfig:
     # (tools/strategy_table.py, every value in data/results/strategy_table.json)
     prune_strategy: str = 'gradient'
     prune_level: float = 0.3          # fraction of active heads pruned per cycle
+    # instead: the fraction of all heads removed when the run ends (after the last growth), reached over the cycles
+    # ('linear': an equal share each cycle; 'once': all in the first), each cycle regrowing grow_ratio of the heads it
+    # pruned — how benchmarks compare methods at one head count
+    target_fraction: float | None = None
+    target_schedule: str = 'linear'
     min_heads_per_layer: int = 1
     max_prune_per_cycle: int | None = None
     protected: list = field(default_factory=list)   # [[layer, head], ...] never pruned
@@ -141,6 +146,10 @@ class PlasticityConfig:
         if self.max_prune_per_cycle is not None: _int(self, 'max_prune_per_cycle', 1, none='None or ')
         self.protected = _head_pairs(self.protected)
         _choice(self, 'grow_strategy', GROW_STRATEGIES); _number(self, 'grow_ratio', 0, 1); _choice(self, 'grow_init', GROW_INITS)
+        if self.target_fraction is not None:
+            _number(self, 'target_fraction', 0, 1, lo_open=True, hi_open=True)
+            if self.grow_ratio >= 1: raise ValueError("target_fraction needs grow_ratio < 1: regrowing every pruned head never removes any")
+        _choice(self, 'target_schedule', ('linear', 'once'))
         for name in ('ramp_steps', 'boost_steps', 'grace_steps', 'steps', 'warmup_max_steps', 'max_new_tokens'): _int(self, name, 0)
         _number(self, 'lr_boost', 1); _int(self, 'warmup_window', 1); _number(self, 'warmup_threshold', 0)
         _number(self, 'lr', 0, lo_open=True); _choice(self, 'stability_level', (0, 1, 2))
@@ -423,6 +432,16 @@ class PlasticityRunner:
             return evaluate(model or self.model, self._eval_batches(), tokenizer=self.tok, prompts=self.cfg.prompts if self.tok else None,
                             generate_kwargs={'max_new_tokens': self.cfg.max_new_tokens, 'seed': self.cfg.seed})
 
+    def _prune_count(self, c: int) -> int:
+        "Heads to prune in cycle `c`: `prune_level` of the active ones, or what `target_fraction` and its schedule ask for now."
+        cfg, active = self.cfg, self.gates.state.active
+        if cfg.target_fraction is None: return int(math.floor(cfg.prune_level * int(active.sum()) + 0.5))
+        # `goal` heads must be out after this cycle's growth, which (in this mode) brings back round(grow_ratio * p) of
+        # the p heads pruned now: the smallest p that leaves enough out
+        share = 1. if cfg.target_schedule == 'once' else c / cfg.cycles
+        need = int(round(cfg.target_fraction * share * active.numel())) - int((~active).sum())
+        return 0 if need <= 0 else next(p for p in itertools.count(need) if p - int(round(cfg.grow_ratio * p)) >= need)
+
     def _tuner_settings(self, steps: int, seed: int) -> dict:
         "What every FineTuner of the run shares (the dense control's too): learning rate, stability, seed, schedule, precision."
         return dict(lr=self.cfg.lr, stability_level=self.cfg.stability_level, seed=seed, warmup_steps=min(10, max(1, steps // 5)),
@@ -533,7 +552,7 @@ class PlasticityRunner:
             young = ((g.state.grown_at >= 0) & (g.state.step - g.state.grown_at < cfg.grace_steps) & g.state.active).nonzero().tolist()
             protected = [tuple(h) for h in cfg.protected] + [tuple(h) for h in young]
             # the level asks for a fraction of the active heads; the safeguards may allow fewer (then prune what they allow)
-            want = int(math.floor(cfg.prune_level * int(g.state.active.sum()) + 0.5))
+            want = self._prune_count(c)
             n = min(want, prunable_count(g, cfg.min_heads_per_layer, protected))
             pr = prune_heads(g, scores, count=n, strategy=cfg.prune_strategy, min_heads_per_layer=cfg.min_heads_per_layer,
                              max_per_cycle=cfg.max_prune_per_cycle, protected=protected)
@@ -554,7 +573,8 @@ class PlasticityRunner:
             self._phase('grow', c)
             yield None                                     # a phase starts: a driver may pause here
             n_pruned = int((~g.state.active).sum())
-            n_grow = int(round(cfg.grow_ratio * n_pruned))
+            # grow_ratio of every pruned head; with a target fraction, of the heads pruned in this cycle (see `_prune_count`)
+            n_grow = int(round(cfg.grow_ratio * (len(pr.heads) if cfg.target_fraction is not None else n_pruned)))
             if n_grow > 0:
                 candidates = pruned_heads(g)
                 # physically pruned slots get (zero) weights back, to be scored and grown in as masked slots are

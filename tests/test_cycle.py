@@ -90,7 +90,11 @@ BAD = [  # (setting, message it must give)
     (dict(min_heads_per_layer=0), 'min_heads_per_layer must be an integer >= 1, got 0'), (dict(max_new_tokens=-1), 'max_new_tokens must be an integer >= 0'),
     (dict(prompts='To be'), 'prompts must be a list of strings'), (dict(prompts=[1, 2]), 'prompts must be a list of strings'),
     (dict(distill='yes'), "distill must be True or False, got 'yes'"), (dict(patience=0), 'patience must be None or an integer >= 1, got 0'),
-    (dict(eval_every=0), 'eval_every must be an integer >= 1'), (dict(mixed_precision='fp8'), "mixed_precision must be one of 'no', 'fp16', 'bf16', 'auto', got 'fp8'")]
+    (dict(eval_every=0), 'eval_every must be an integer >= 1'), (dict(mixed_precision='fp8'), "mixed_precision must be one of 'no', 'fp16', 'bf16', 'auto', got 'fp8'"),
+    (dict(physical=1), 'physical must be True or False, got 1'), (dict(dense_control='yes'), "dense_control must be True or False"),
+    (dict(target_fraction=1.0), r'target_fraction must be a finite number in \(0, 1\)'), (dict(target_fraction=0.), 'target_fraction must be'),
+    (dict(target_fraction=0.3, grow_ratio=1.), 'target_fraction needs grow_ratio < 1'),
+    (dict(target_schedule='sometimes'), "target_schedule must be one of 'linear', 'once', got 'sometimes'")]
 
 @pytest.mark.parametrize('bad,message', BAD)
 def test_every_setting_is_checked(bad, message):

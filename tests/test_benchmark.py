@@ -1,0 +1,29 @@
+"""`sentinel bench --profile quick`: the pipeline runs every method once and writes its table (a check that it works,
+not of what the numbers are: the evidence is the full profile, committed in bench/results)."""
+import json
+import pytest, torch
+from sentinel_nb.cli import main
+from sentinel_nb.benchmark import METHODS, summarize, curve_area
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+
+def test_quick_profile_runs_every_method_and_writes_the_table(tmp_path, capsys):
+    assert main(['bench', '--profile', 'quick', '--out', str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr()[0])
+    res = json.loads(open(out['results']).read())
+    rows = res['rows']
+    assert [r['method'] for r in rows] == list(METHODS)
+    pruned = [r for r in rows if r['method'] != 'dense']
+    assert len({r['active_heads'] for r in pruned}) == 1 and pruned[0]['active_heads'] < rows[0]['active_heads']   # one head count
+    assert len({r['train_steps'] for r in rows}) == 1                            # the same training for all
+    md = open(out['table']).read()
+    assert md.count('| sentinel-tiny |') == len(METHODS) and '× dense' in md
+    assert not list(tmp_path.glob('*.rows.jsonl'))                              # the partial rows went into the JSON
+    s = summarize(rows)
+    assert s.over_dense[s.method == 'dense'].tolist() == [1.0] and curve_area(s).area.isna().all()   # one fraction: no area
+
+def test_bad_bench_arguments_are_refused(capsys):
+    assert main(['bench', '--profile', 'huge']) == 2
+    assert 'invalid choice' in capsys.readouterr().err
