@@ -22,7 +22,7 @@ from .grow import STRATEGIES as GROW_STRATEGIES
 from .cycle import PlasticityConfig, PlasticityRunner, RunControl, run_plasticity
 from .log import ExperimentLog, RUN_MODES, run_checkpoints, read_run_info
 from .cli import run_args, prepare_run, setting_flags, saved_settings, USER_ERRORS
-from .viz import as_log, timeline, live_phase, head_map, score_maps
+from .viz import as_log, timeline, live_phase, head_map, score_maps, against_control, against_control_text
 from .views import (attention_patterns, attention_mosaic, attention_grid, head_pattern, compare_heads,
                                load_checkpoint_model, compare_generations, generations_table)
 from .report import export_report, events_frame, REPORT_NAME, ATTENTION_PROMPT
@@ -349,7 +349,10 @@ def _ended(self: Workbench, log):
     self._draw(force=True); self._refresh_choices(); self._sync_buttons()
     if self.state == 'stopped':
         self._note(f"stopped at step {stop.step} ({stop.info.get('reason')}); a checkpoint is in {self.runner.out}: press Run to resume")
-    else: self._note(f"finished: {len(log.events)} events in {self.runner.out}; raise cycles and press Run to go on")
+    else:
+        verdict = against_control(log)               # the run against the dense model trained the same way
+        self._note(f"finished: {len(log.events)} events in {self.runner.out}"
+                   + (f"; {against_control_text(verdict)}" if verdict else '') + "; raise cycles and press Run to go on")
 
 @patch
 def _failed(self: Workbench, e: Exception):

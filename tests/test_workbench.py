@@ -18,6 +18,7 @@ def straight(tmp_path_factory):
     try: wb = Workbench(out=str(tmp_path_factory.mktemp('wb')/'straight'), **SMALL).run()
     finally: torch.set_num_threads(n)
     assert wb.state == 'finished'
+    assert 'for the dense model trained the same way' in wb.message.value      # the verdict against the dense control
     return wb.log
 
 def learn_losses(log): return [e.info['losses'] for e in log.filter('learn')]
