@@ -3,7 +3,7 @@ not of what the numbers are: the evidence is the full profile, committed in benc
 import json
 import pytest, torch
 from sentinel_nb.cli import main
-from sentinel_nb.benchmark import METHODS, summarize, curve_area
+from sentinel_nb.benchmark import CORE_METHODS, summarize, curve_area
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -14,12 +14,12 @@ def test_quick_profile_runs_every_method_and_writes_the_table(tmp_path, capsys):
     out = json.loads(capsys.readouterr()[0])
     res = json.loads(open(out['results']).read())
     rows = res['rows']
-    assert [r['method'] for r in rows] == list(METHODS)
+    assert [r['method'] for r in rows] == list(CORE_METHODS)                   # (a)-(f)
     pruned = [r for r in rows if r['method'] != 'dense']
     assert len({r['active_heads'] for r in pruned}) == 1 and pruned[0]['active_heads'] < rows[0]['active_heads']   # one head count
     assert len({r['train_steps'] for r in rows}) == 1                            # the same training for all
     md = open(out['table']).read()
-    assert md.count('| sentinel-tiny |') == len(METHODS) and '× dense' in md
+    assert md.count('| sentinel-tiny |') == len(CORE_METHODS) and '× dense' in md
     assert not list(tmp_path.glob('*.rows.jsonl'))                              # the partial rows went into the JSON
     s = summarize(rows)
     assert s.over_dense[s.method == 'dense'].tolist() == [1.0] and curve_area(s).area.isna().all()   # one fraction: no area
