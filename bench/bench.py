@@ -37,6 +37,12 @@ def pattern(L: int, H: int, fraction: float, seed: int) -> list[tuple[int, int]]
         if left[l] > 1: out.append((l, h)); left[l] -= 1
     return out
 
+def gated_copy(model, heads=()) -> tuple:
+    "`(copy of model, its installed HeadGates)` with `heads` [(layer, head)] switched off (masked)."
+    m = copy.deepcopy(model); g = HeadGates(m).install()
+    for l, h in heads: g.state.active[l, h] = False
+    return m, g
+
 def forward_flops(model, heads_per_layer: list[int], kv_per_layer: list[int], seq: int) -> float:
     "Multiply-adds of one forward per token position x 2, attention with the given heads per layer (the MLP unchanged)."
     cfg = model.config
@@ -71,10 +77,8 @@ def inference(name: str, levels, batches, reps: int, seq: int = 128) -> list[dic
     rows = []
     for level in levels:
         heads = pattern(L, H, level, seed=0)
-        masked = copy.deepcopy(base); g = HeadGates(masked).install()
-        for l, h in heads: g.state.active[l, h] = False
-        physical = copy.deepcopy(base); pg = HeadGates(physical).install()
-        for l, h in heads: pg.state.active[l, h] = False
+        masked, g = gated_copy(base, heads)
+        physical, pg = gated_copy(base, heads)
         layout = prune_physically(physical, pg)                  # removes pg's hooks, folds the gates in
         per_layer = [len([h for h in hs if h >= 0]) for hs in layout.heads]
         kv_per_layer = [len(k) for k in layout.kv_heads] if getattr(layout, 'kv_heads', None) else per_layer
@@ -116,8 +120,7 @@ def training(name: str, steps: int, batch: int, seq: int = 128) -> dict:
     res = {'model': name, 'batch': batch, 'seq': seq, 'steps': steps}
     # gates + update scaler with a third of the heads pruned vs no gates, both SDPA; then eager vs SDPA with gates
     def gated(impl):
-        m = copy.deepcopy(model); set_attention(m, impl); g = HeadGates(m).install()
-        for l, h in pattern(L, H, 1 / 3, seed=0): g.state.active[l, h] = False
+        m, g = gated_copy(model, pattern(L, H, 1 / 3, seed=0)); set_attention(m, impl)
         return m, g
     runs = {}
     for rnd in range(2):                                   # interleaved rounds: plain, gated, gated eager
@@ -168,10 +171,9 @@ def scaler_share(name: str, levels=(0.1, 0.3, 0.5, 0.9), steps: int = 4, batch: 
     rows = []
     for level in levels:
         heads = pattern(L, H, level, seed=0)
-        m = copy.deepcopy(model); g = HeadGates(m).install()
-        for l, h in heads: g.state.active[l, h] = False
+        m, g = gated_copy(model, heads)
         hs, st = _timed_steps(m, g, data['train'], steps); g.remove()
-        m = copy.deepcopy(model); g = HeadGates(m).install(); prune_physically(m, heads)   # a list: the gates stay on
+        m, g = gated_copy(model); prune_physically(m, heads)   # a list: the gates stay on, and mark them pruned
         phs, pst = _timed_steps(m, g, data['train'], steps); g.remove()
         rows.append({'model': name, 'pruned_%': round(100 * len(heads) / (L * H)), 'batch': batch, 'seq': seq,
                      'scaler_ms': 1000 * hs, 'step_ms': 1000 * st, 'scaler_share_%': 100 * hs / st,
