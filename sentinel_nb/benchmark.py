@@ -5,6 +5,7 @@
 # %% ../nbs/17_benchmark.ipynb #54ac6ae0
 from __future__ import annotations
 import copy, json, math, platform, statistics, sys, time
+from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -14,11 +15,13 @@ from plotly.subplots import make_subplots
 from .models import load_model, head_counts
 from .data import load_corpus, get_dataloaders
 from .metrics import perplexity
-from .cycle import run_plasticity
+from .cycle import run_plasticity, PlasticityConfig
 
 # %% auto #0
-__all__ = ['METHODS', 'CORE_METHODS', 'PROFILES', 'KEPT_METRICS', 'METHOD_COLORS', 'recovery_steps', 'bench_run', 'summarize',
-           'curve_area', 'run_benchmark', 'load_results', 'benchmark_curves', 'combine_results']
+__all__ = ['METHODS', 'CORE_METHODS', 'PROFILES', 'KEPT_METRICS', 'METHOD_COLORS', 'SWEEP', 'model_settings', 'recovery_steps',
+           'bench_run', 'summarize', 'curve_area', 'run_benchmark', 'load_results', 'benchmark_curves',
+           'target_verdicts', 'combine_results', 'sweep_variants', 'sweep_run', 'summarize_sweep', 'run_sweep',
+           'write_sweep', 'sweep_figure']
 
 # %% ../nbs/17_benchmark.ipynb #30caa95e
 _ONCE = dict(target_schedule='once', grow_ratio=0.)
@@ -29,11 +32,12 @@ METHODS = {   # name -> (what it is, the run's settings at `fraction` of the hea
     'magnitude': ('(d) smallest weight norms, all at once, no growth', lambda f: dict(target_fraction=f, prune_strategy='magnitude', **_ONCE)),
     'entropy': ('(e) lowest attention entropy, all at once, no growth', lambda f: dict(target_fraction=f, prune_strategy='entropy', **_ONCE)),
     'plasticity': ('(f) the plasticity cycle, default settings', lambda f: dict(target_fraction=f)),
-    # levers: the same cycle without regrowth (at the same head count), and regrowth into random slots with plain
-    # random weights (no ramp, no boost) -- what the cycle's choice, ramp and boost add
-    'no_regrowth': ('the cycle pruning gradually, no regrowth', lambda f: dict(target_fraction=f, grow_ratio=0.)),
-    'regrow_random': ('the cycle regrowing random slots with random weights, no ramp or boost',
-                      lambda f: dict(target_fraction=f, grow_strategy='random', ramp_steps=0, lr_boost=1.)),
+    # levers: the same cycle regrowing half the heads it prunes each cycle (the default until the sweep showed it
+    # costs), at the same head count; and that regrowth into random slots with plain random weights (no ramp, no
+    # boost) -- what the cycle's choice of slots, ramp and boost add
+    'regrow_half': ('the cycle regrowing half the heads it prunes each cycle', lambda f: dict(target_fraction=f, grow_ratio=0.5)),
+    'regrow_random': ('the cycle regrowing half, into random slots with random weights, no ramp or boost',
+                      lambda f: dict(target_fraction=f, grow_ratio=0.5, grow_strategy='random', ramp_steps=0, lr_boost=1.)),
 }
 CORE_METHODS = ('dense', 'random', 'gradient', 'magnitude', 'entropy', 'plasticity')   # (a)-(f)
 
@@ -44,8 +48,18 @@ PROFILES = {
                            max_new_tokens=12, ramp_steps=4, boost_steps=8, grace_steps=8)),
     # the evidence (by hand, hours on a CPU): both offline models, 10-50 % removed, three seeds
     'full': dict(models=['sentinel-tiny', 'smollm2-135m'], methods=list(METHODS), fractions=[0.1, 0.2, 0.3, 0.4, 0.5], seeds=[0, 1, 2], block_size=128,
-                 batch_size=8, max_blocks=None, test_blocks=96, run=dict(cycles=2, steps=40, warmup_max_steps=60)),
+                 batch_size=8, max_blocks=None, test_blocks=96, run=dict(cycles=2, steps=40, warmup_max_steps=60),
+                 # SmolLM2-135M is pretrained (no warm-up) and ~40x slower per step here (4 s for 4 x 128 tokens on 2 cores):
+                 # the issue's 20 fine-tuning steps as 2 cycles of 10, growth lengths scaled to those cycles, 48 test blocks
+                 per_model={'smollm2-135m': dict(batch_size=4, test_blocks=48, run=dict(
+                     steps=10, warmup_max_steps=0, ramp_steps=5, boost_steps=10, grace_steps=20, score_batches=2, eval_batches=2, max_new_tokens=12))}),
 }
+
+def model_settings(profile: dict, model: str) -> dict:
+    "The profile's settings for `model`: its `per_model` entry over the rest (the `run` dicts merged)."
+    own = profile.get('per_model', {}).get(model, {})
+    out = {k: v for k, v in profile.items() if k != 'per_model'}
+    return {**out, **own, 'run': {**out.get('run', {}), **own.get('run', {})}}
 
 # %% ../nbs/17_benchmark.ipynb #0dcf0955
 KEPT_METRICS = ('perplexity', 'induction_score', 'rep_3', 'distinct_2')   # from the run's last validation measurement
@@ -58,12 +72,14 @@ def recovery_steps(before: list[float], after: list[float], window: int = 10) ->
         if float(np.mean(after[k - window:k])) <= target: return k
     return None
 
-def bench_run(model, tokenizer, data: dict, method: str, fraction: float, seed: int, run: dict, test_batches: list) -> dict:
-    "One run of `method` at `fraction` of the heads removed (seed `seed`): its validation and test results, one row."
+def bench_run(model, tokenizer, data: dict, method: str, fraction: float, seed: int, run: dict, test_batches: list,
+              dense_control: bool = False) -> dict:
+    """One run of `method` at `fraction` of the heads removed (seed `seed`): its validation and test results, one row
+    (with `dense_control`, also the run's validation perplexity over that of the dense model trained the same way)."""
     if method not in METHODS: raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     m = copy.deepcopy(model)
     t0 = time.perf_counter()
-    log = run_plasticity(m, data, tokenizer, progress=False, keep_gates=True, dense_control=False, seed=seed,
+    log = run_plasticity(m, data, tokenizer, progress=False, keep_gates=True, dense_control=dense_control, seed=seed,
                          **{**run, **METHODS[method][1](fraction)})
     try:
         last = log.filter('learn')[-1]
@@ -76,6 +92,9 @@ def bench_run(model, tokenizer, data: dict, method: str, fraction: float, seed: 
     row.update({f'val_{k}': last.metrics_after[k] for k in KEPT_METRICS if k in last.metrics_after})
     phases = log.filter('warmup') + log.filter('learn')        # training phases in order: warm-up, learn 1, learn 2, ...
     row['recovery_steps'] = [recovery_steps(a.info['losses'], b.info['losses']) for a, b in zip(phases, phases[1:])]
+    if dense_control:
+        verdict = log.filter('control')[-1].info['against_control']
+        row.update(val_control_perplexity=verdict['control_perplexity'], val_over_control=verdict['perplexity_over_control'])
     return row
 
 # %% ../nbs/17_benchmark.ipynb #293eade7
@@ -110,19 +129,27 @@ def curve_area(summary: pd.DataFrame) -> pd.DataFrame:
 def _table(summary: pd.DataFrame, areas: pd.DataFrame) -> str:
     "The markdown tables: per model and fraction, every method's test perplexity (mean ± std) and ratio to dense; then the areas."
     rec = 'recovery' in summary
-    out = ['| model | removed | method | seeds | heads left | test perplexity | × dense | val perplexity | val induction |'
-           + (' steps to recover (share recovered) |' if rec else ''), '|---|---|---|---|---|---|---|---|---|' + ('---|' if rec else '')]
+    out = ['| model | removed | method | seeds | heads left | test perplexity | × dense | val perplexity | val induction | val repeated 3-grams |'
+           + (' steps to recover (share recovered) |' if rec else ''), '|---|---|---|---|---|---|---|---|---|---|' + ('---|' if rec else '')]
     for r in summary.itertuples():
         sd = '' if pd.isna(r.test_perplexity_std) else f' ± {r.test_perplexity_std:.2f}'
         ratio = '' if r.method == 'dense' else f'{r.over_dense:.3f}' + ('' if pd.isna(r.over_dense_std) else f' ± {r.over_dense_std:.3f}')
         out.append(f"| {r.model} | {100 * r.target_fraction:.0f} % | {r.method} | {r.seeds} | {r.active_heads:.0f} | "
                    f"{r.test_perplexity:.2f}{sd} | {ratio} | {getattr(r, 'val_perplexity', math.nan):.2f} | "
-                   f"{getattr(r, 'val_induction_score', math.nan):.4f} |"
+                   f"{getattr(r, 'val_induction_score', math.nan):.4f} | {getattr(r, 'val_rep_3', math.nan):.3f} |"
                    + (f" {r.recovery:.1f} ({r.recovered:.0%}) |" if rec and r.method != 'dense' and not pd.isna(r.recovered) else ' |' if rec else ''))
     if len(areas) and areas.area.notna().any():
         out += ['', '| model | method | fractions | mean test perplexity over the curve (area) |', '|---|---|---|---|']
         out += [f'| {r.model} | {r.method} | {r.fractions} | {r.area:.2f} |' for r in areas.itertuples()]
     return '\n'.join(out) + '\n'
+
+def _seeded_data(name: str, s: dict, seeds):
+    "The model `name` once, then per seed: (model, tokenizer, seed, Shakespeare loaders shuffled by the seed, the test batches)."
+    model, tok = load_model(name, device='cpu')
+    corpus = load_corpus('shakespeare')
+    for seed in seeds:
+        data = get_dataloaders(corpus, tok, block_size=s['block_size'], batch_size=s['batch_size'], max_blocks=s['max_blocks'], seed=seed)
+        yield model, tok, seed, data, [b for _, b in zip(range(max(1, s['test_blocks'] // s['batch_size'])), data['test'])]
 
 def run_benchmark(profile: str = 'quick', out='bench/results', models=None, methods=None, seeds=None, fractions=None, log=None) -> Path:
     "Every method x fraction x seed x model of `profile` (the dense run once per seed and model); writes JSON + markdown into `out`, returns the JSON's path."
@@ -141,14 +168,11 @@ def run_benchmark(profile: str = 'quick', out='bench/results', models=None, meth
     stamp = time.strftime('%Y%m%d-%H%M%S', time.gmtime())
     partial = out / f'bench-{profile}-{stamp}.rows.jsonl'    # each row as it is measured: a long run stopped early keeps them
     for name in models:
-        model, tok = load_model(name, device='cpu')
-        corpus = load_corpus('shakespeare')
-        for seed in p['seeds']:
-            data = get_dataloaders(corpus, tok, block_size=p['block_size'], batch_size=p['batch_size'], max_blocks=p['max_blocks'], seed=seed)
-            test = [b for _, b in zip(range(max(1, p['test_blocks'] // p['batch_size'])), data['test'])]
+        s = model_settings(p, name)
+        for model, tok, seed, data, test in _seeded_data(name, s, p['seeds']):
             plan = [('dense', 0.)] * ('dense' in methods) + [(m, f) for f in p['fractions'] for m in methods if m != 'dense']
             for method, f in plan:
-                r = {'model': name, **bench_run(model, tok, data, method, f, seed, p['run'], test)}
+                r = {'model': name, **bench_run(model, tok, data, method, f, seed, s['run'], test)}
                 rows.append(r)
                 with open(partial, 'a') as fh: fh.write(json.dumps(r, default=float) + '\n')
                 say(f"[{time.perf_counter() - t0:7.1f}s] {name} seed {seed} {method:10s} {100 * f:3.0f} %: test perplexity "
@@ -212,6 +236,24 @@ def benchmark_curves(summary: pd.DataFrame) -> go.Figure:
                       template='plotly_white', legend=dict(orientation='h', y=-0.25))
     return fig
 
+# %% ../nbs/17_benchmark.ipynb #1e4b1c14
+def target_verdicts(summary: pd.DataFrame, areas: pd.DataFrame, fraction: float = 0.3, within: float = 1.03) -> list[str]:
+    "Each target, met or not, in words: every method within `within`x dense at `fraction` removed (and plasticity either way), then plasticity's area against the others'."
+    summary, areas, out = pd.DataFrame(summary), pd.DataFrame(areas), []
+    for model in dict.fromkeys(summary.model):
+        s = summary[(summary.model == model) & (summary.target_fraction.round(2) == round(fraction, 2)) & (summary.method != 'dense')]
+        for r in s.itertuples():
+            if r.method == 'plasticity' or r.over_dense <= within:
+                out.append(f"{model}, {100 * fraction:.0f} % removed, {r.method}: {r.over_dense:.3f}x the dense model's test perplexity — "
+                           + (f'target (<= {within}x) met' if r.over_dense <= within else f'target (<= {within}x) missed'))
+        a = areas[areas.model == model].set_index('method').area if len(areas) else pd.Series(dtype=float)
+        if 'plasticity' in a and not math.isnan(a['plasticity']):
+            for other in ('random', 'gradient', 'magnitude', 'entropy', 'regrow_half', 'regrow_random'):   # the targets, then the rest
+                if other in a and not math.isnan(a[other]):
+                    out.append(f"{model}, area under the curve: plasticity {a['plasticity']:.2f} vs {other} {a[other]:.2f} — "
+                               + ('plasticity beats it' if a['plasticity'] < a[other] else f'plasticity loses to {other}'))
+    return out
+
 # %% ../nbs/17_benchmark.ipynb #01f4d037
 def _rows_of(path: Path) -> list[dict]:
     path = Path(path)
@@ -246,3 +288,102 @@ def combine_results(paths, out='bench/results', profile: str = 'full', commands=
     path.with_suffix('.md').write_text(md + _table(summary, areas))
     (log or (lambda s: None))(md + _table(summary, areas))
     return path
+
+# %% ../nbs/17_benchmark.ipynb #34a0515a
+SWEEP = {   # name -> the settings it changes from the defaults, one at a time (regrowth's own lengths with regrowth on)
+    'defaults': {},
+    'grow_ratio 0.25': dict(grow_ratio=0.25), 'grow_ratio 0.5': dict(grow_ratio=0.5), 'grow_ratio 0.75': dict(grow_ratio=0.75),
+    'steps 20': dict(steps=20), 'steps 80': dict(steps=80),
+    'lr 3e-5': dict(lr=3e-5), 'lr 3e-4': dict(lr=3e-4),
+    'prune at once': dict(target_schedule='once'), 'cycles 3': dict(cycles=3),
+    'grow_ratio 0.5, short ramp/boost/grace': dict(grow_ratio=0.5, ramp_steps=5, boost_steps=10, grace_steps=20),
+    'grow_ratio 0.5, no ramp, no boost': dict(grow_ratio=0.5, ramp_steps=0, lr_boost=1.),
+    'distill': dict(distill=True),
+}
+
+def sweep_variants(variants=None) -> dict:
+    "Names of `SWEEP` (or a dict name -> settings) as a dict, checked: every variant must make a valid `PlasticityConfig`."
+    if variants is None: variants = SWEEP
+    if not isinstance(variants, dict):
+        unknown = [v for v in variants if v not in SWEEP]
+        if unknown: raise ValueError(f"unknown sweep variants {unknown}; choose from {', '.join(SWEEP)}, or pass a dict name -> settings")
+        variants = {v: SWEEP[v] for v in variants}
+    for name, settings in variants.items():
+        try: PlasticityConfig(**settings)
+        except (TypeError, ValueError) as e: raise ValueError(f"sweep variant {name!r} is not a valid setting: {e}") from None
+    return dict(variants)
+
+def sweep_run(model, tokenizer, data: dict, test_batches: list, variant: str, settings: dict, seed: int, run: dict, fraction: float = 0.3) -> dict:
+    "The plasticity method at `fraction` removed with `settings` over the profile's `run`, against its dense control: one row."
+    return {'variant': variant, 'settings': settings, **bench_run(model, tokenizer, data, 'plasticity', fraction, seed, {**run, **settings},
+                                                                 test_batches, dense_control=True)}
+
+def summarize_sweep(rows: list[dict]) -> pd.DataFrame:
+    "Per variant, best first: seeds, validation perplexity over the dense control (mean, std), validation and test perplexity."
+    df = pd.DataFrame(rows)
+    out = df.groupby('variant', sort=False).agg(settings=('settings', 'first'), seeds=('seed', 'count'), active_heads=('active_heads', 'mean'),
+        val_over_control=('val_over_control', 'mean'), val_over_control_std=('val_over_control', 'std'),
+        val_perplexity=('val_perplexity', 'mean'), val_control_perplexity=('val_control_perplexity', 'mean'),
+        test_perplexity=('test_perplexity', 'mean'), seconds=('seconds', 'mean')).reset_index()
+    return out.sort_values('val_over_control', kind='stable').reset_index(drop=True)
+
+# %% ../nbs/17_benchmark.ipynb #a1de79ee
+def _sweep_table(summary: pd.DataFrame) -> str:
+    out = ['| variant | settings changed | seeds | heads left | val perplexity / dense control | val perplexity | val dense control | test perplexity |',
+           '|---|---|---|---|---|---|---|---|']
+    for r in summary.itertuples():
+        sd = '' if pd.isna(r.val_over_control_std) else f' ± {r.val_over_control_std:.3f}'
+        out.append(f"| {r.variant} | {json.dumps(r.settings) if r.settings else '(none)'} | {r.seeds} | {r.active_heads:.0f} | "
+                   f"{r.val_over_control:.3f}{sd} | {r.val_perplexity:.2f} | {r.val_control_perplexity:.2f} | {r.test_perplexity:.2f} |")
+    return '\n'.join(out) + '\n'
+
+def run_sweep(model: str = 'sentinel-tiny', variants=None, seeds=(0, 1), fraction: float = 0.3, profile: str = 'full',
+              out='bench/results', log=None) -> Path:
+    "Every variant (`SWEEP` by default) x seed on `model` with `profile`'s settings; writes bench-sweep-<time>.json + .md, returns the JSON's path."
+    if profile not in PROFILES: raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    if not 0 < fraction < 1: raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    variants = sweep_variants(variants); s = model_settings(PROFILES[profile], model)
+    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.gmtime()); partial = out / f'bench-sweep-{stamp}.rows.jsonl'
+    rows, t0 = [], time.perf_counter()
+    for m, tok, seed, data, test in _seeded_data(model, s, [int(x) for x in seeds]):
+        for name, settings in variants.items():
+            r = {'model': model, **sweep_run(m, tok, data, test, name, settings, seed, s['run'], fraction)}
+            rows.append(r)
+            with open(partial, 'a') as fh: fh.write(json.dumps(r, default=float) + '\n')
+            say(f"[{time.perf_counter() - t0:7.1f}s] {model} seed {seed} {name:24s}: validation {r['val_perplexity']:.2f} "
+                f"vs dense control {r['val_control_perplexity']:.2f} ({r['val_over_control']:.3f}x)")
+    meta = {'profile': 'sweep', 'base_profile': profile, 'model': model, 'fraction': fraction, 'seeds': [int(x) for x in seeds],
+            'settings': s, 'variants': variants, 'defaults': asdict(PlasticityConfig()),   # what each variant changes
+            'command': f"sentinel bench --sweep --models {model} --seeds {' '.join(map(str, seeds))} --fractions {fraction}"
+                       + (f" --variants {' '.join(repr(v) for v in variants)}" if list(variants) != list(SWEEP) else '')}
+    path = write_sweep(rows, meta, out / f'bench-sweep-{stamp}.json', seconds=time.perf_counter() - t0, log=say)
+    partial.unlink()
+    return path
+
+def write_sweep(rows: list[dict], meta: dict, path, seconds: float | None = None, log=None) -> Path:
+    "The sweep's JSON (`meta`, every row, the summary) and markdown table at `path`, from its rows (e.g. the `.rows.jsonl` of a sweep stopped early)."
+    summary, path = summarize_sweep(rows), Path(path)
+    meta = {**meta, 'time': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'machine': platform.machine(), 'torch': torch.__version__,
+            'threads': torch.get_num_threads(), 'seconds': seconds if seconds is not None else sum(r['seconds'] for r in rows)}
+    path.write_text(json.dumps({'meta': meta, 'rows': rows, 'summary': summary.to_dict('records')}, indent=1, default=float))
+    md = (f"Measured {meta['time']} on {meta['machine']} (torch {meta['torch']}, {meta['threads']} threads), {meta['seconds']:.0f} s; "
+          f"{rows[0]['model']}, {100 * rows[0]['target_fraction']:.0f} % of heads removed; command: `{meta['command']}`\n\n")
+    path.with_suffix('.md').write_text(md + _sweep_table(summary))
+    (log or (lambda m: None))(md + _sweep_table(summary))
+    return path
+
+# %% ../nbs/17_benchmark.ipynb #7076e585
+def sweep_figure(summary: pd.DataFrame) -> go.Figure:
+    "Each sweep variant's validation perplexity over its dense control (mean ± std over seeds), best first; the defaults marked."
+    s = pd.DataFrame(summary).sort_values('val_over_control', kind='stable')
+    colors = [METHOD_COLORS['plasticity'] if v == 'defaults' else '#9e9e9e' for v in s.variant]
+    fig = go.Figure(go.Bar(x=s.val_over_control - 1, y=s.variant, base=1, orientation='h', marker_color=colors,
+                           error_x=dict(type='data', array=np.nan_to_num(s.val_over_control_std)), customdata=s.val_perplexity,
+                           hovertemplate='%{y}: %{x:+.3f} over the dense control<br>validation perplexity %{customdata:.2f}<extra></extra>'))
+    fig.add_vline(x=1, line=dict(color=METHOD_COLORS['dense'], dash='dash'))
+    fig.update_layout(height=120 + 28 * len(s), margin=dict(t=50, l=170, r=20, b=50), template='plotly_white',
+                      title='Validation perplexity over the dense control trained the same way (1 = as good as dense)',
+                      xaxis=dict(title='perplexity / dense control'), yaxis=dict(autorange='reversed'))
+    return fig

@@ -224,7 +224,7 @@ def _add_compare(sub):
 
 # %% ../nbs/11_cli.ipynb #a71ae306
 def _add_bench(sub):
-    from sentinel_nb.benchmark import METHODS, PROFILES      # (light: the runs happen only when the command runs)
+    from sentinel_nb.benchmark import METHODS, PROFILES, SWEEP      # (light: the runs happen only when the command runs)
     p = sub.add_parser('bench', help='every pruning method against the dense model trained the same way, at the same head count, over seeds')
     p.add_argument('--profile', choices=list(PROFILES), default='quick',
                    help='quick: sentinel-tiny, one seed, minutes (a pipeline check, not evidence); full: both offline models, 10-50 %%, 3 seeds (hours)')
@@ -233,8 +233,21 @@ def _add_bench(sub):
     p.add_argument('--methods', nargs='+', choices=list(METHODS), default=None, help='only these methods (default: all)')
     p.add_argument('--seeds', nargs='+', type=int, default=None, help="override the profile's seeds")
     p.add_argument('--fractions', nargs='+', type=float, default=None, help="override the profile's fractions of heads removed")
+    p.add_argument('--sweep', action='store_true',
+                   help="instead: the defaults sweep -- the plasticity method with one setting changed at a time, against its own "
+                        "dense control on validation data (the first of --models, default sentinel-tiny; --seeds, default 0 1; "
+                        "the first of --fractions, default 0.3)")
+    p.add_argument('--variants', nargs='+', choices=list(SWEEP), default=None, metavar='VARIANT',
+                   help=f"with --sweep, only these variants (default: all): {', '.join(map(repr, SWEEP))}")
     def run(a):
-        from sentinel_nb.benchmark import run_benchmark
+        from sentinel_nb.benchmark import run_benchmark, run_sweep
+        if a.variants and not a.sweep: raise ValueError("--variants is a setting of the sweep: add --sweep, or leave --variants out")
+        if a.sweep:
+            if a.methods: raise ValueError("--methods is not a setting of the sweep (it runs the plasticity method): leave it out")
+            path = run_sweep((a.models or ['sentinel-tiny'])[0], a.variants, a.seeds if a.seeds is not None else (0, 1),
+                             (a.fractions or [0.3])[0],
+                             a.profile if 'profile' in getattr(a, 'explicit', ()) else 'full', a.out)   # (the full profile's settings unless told)
+            return {'results': str(path), 'table': str(path.with_suffix('.md'))}
         path = run_benchmark(a.profile, a.out, models=a.models, methods=a.methods, seeds=a.seeds, fractions=a.fractions)
         return {'results': str(path), 'table': str(path.with_suffix('.md'))}
     p.set_defaults(func=run)

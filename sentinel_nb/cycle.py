@@ -113,7 +113,9 @@ class PlasticityConfig:
     max_prune_per_cycle: int | None = None
     protected: list = field(default_factory=list)   # [[layer, head], ...] never pruned
     grow_strategy: str = 'gradient'
-    grow_ratio: float = 0.5           # fraction of the pruned heads regrown per cycle
+    # fraction regrown each cycle: of every head pruned so far (with target_fraction: of the heads this cycle pruned).
+    # 0 since the defaults sweep: regrowth cost perplexity at the same head count at every ratio tried (see below)
+    grow_ratio: float = 0.0
     grow_init: str = 'fresh'
     ramp_steps: int = 20              # grown heads' gates go 0 -> 1 over this many steps
     lr_boost: float = 4.0             # grown heads' update multiplier at birth, decaying to 1

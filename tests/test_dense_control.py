@@ -47,7 +47,8 @@ def test_the_control_is_the_dense_model_trained_as_the_run_learned(straight):
     assert v['control_perplexity'] == ctl[-1].metrics_after['perplexity']
     assert v['perplexity_over_control'] == pytest.approx(v['perplexity'] / v['control_perplexity'])
     assert v['active_heads'] < v['heads'] == 8 and v['parameters_pruned'] < v['parameters_dense']
-    assert v['forward_ms_dense'] > 0 and v['forward_ms_pruned'] > 0
+    assert v['speedup'] == pytest.approx(v['forward_ms_dense'] / v['forward_ms_pruned'])   # timed on the first validation batch
+    assert v['timed_batch'] == list(next(iter(DATA['validation']))['input_ids'].shape)
 
 def test_the_report_and_the_phase_table_show_it(straight, tmp_path):
     log, out = straight
