@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_cycle.ipynb #c4e5eec4
 from __future__ import annotations
-import copy, hashlib, itertools, math, random, shutil, signal, sys, threading, time
+import copy, hashlib, itertools, math, random, shutil, signal, sys, threading, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -444,6 +444,17 @@ class PlasticityRunner:
         need = int(round(cfg.target_fraction * share * active.numel())) - int((~active).sum())
         return 0 if need <= 0 else next(p for p in itertools.count(need) if p - int(round(cfg.grow_ratio * p)) >= need)
 
+    def _target_reached(self) -> dict:
+        "With `target_fraction`: the heads out at the end against the goal (and a warning when short of it); else nothing."
+        cfg, active = self.cfg, self.gates.state.active
+        if cfg.target_fraction is None: return {}
+        goal, out = int(round(cfg.target_fraction * active.numel())), int((~active).sum())
+        if out < goal:
+            warnings.warn(f"the run ends with {out} of {active.numel()} heads removed, short of target_fraction {cfg.target_fraction} "
+                          f"({goal}): the safeguards (grace_steps of grown heads, min_heads_per_layer, max_prune_per_cycle, protected "
+                          "heads) kept the rest; lower grow_ratio or grace_steps to reach it", stacklevel=2)
+        return {'target': {'fraction': cfg.target_fraction, 'heads_out': out, 'goal': goal, 'reached': out >= goal}}
+
     def _tuner_settings(self, steps: int, seed: int) -> dict:
         "What every FineTuner of the run shares (the dense control's too): learning rate, stability, seed, schedule, precision."
         return dict(lr=self.cfg.lr, stability_level=self.cfg.stability_level, seed=seed, warmup_steps=min(10, max(1, steps // 5)),
@@ -619,7 +630,7 @@ class PlasticityRunner:
             if pos and 'progress' in pos: info['losses'] = list(self._trainer_state['losses'])
             self.log.add(kind='stop', cycle=cycle, step=self.global_step, info=info)
             self.checkpoint('stopped')
-        else: self.log.add(kind='end', cycle=self.cfg.cycles, step=self.global_step)
+        else: self.log.add(kind='end', cycle=self.cfg.cycles, step=self.global_step, info=self._target_reached())
         if self.out: self.log.save(self.out/'log.json')
         return self.log
 
