@@ -143,6 +143,11 @@ def _table(summary: pd.DataFrame, areas: pd.DataFrame) -> str:
         out += [f'| {r.model} | {r.method} | {r.fractions} | {r.area:.2f} |' for r in areas.itertuples()]
     return '\n'.join(out) + '\n'
 
+def _machine() -> dict:
+    "Where and when a result was measured, for its file: UTC time, machine, torch version, threads."
+    return {'time': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'machine': platform.machine(), 'torch': torch.__version__,
+            'threads': torch.get_num_threads()}
+
 def _seeded_data(name: str, s: dict, seeds):
     "The model `name` once, then per seed: (model, tokenizer, seed, Shakespeare loaders shuffled by the seed, the test batches)."
     model, tok = load_model(name, device='cpu')
@@ -183,8 +188,7 @@ def run_benchmark(profile: str = 'quick', out='bench/results', models=None, meth
                        + (' --seeds ' + ' '.join(map(str, p['seeds'])) if seeds is not None else '')
                        + (' --fractions ' + ' '.join(map(str, p['fractions'])) if fractions is not None else '')
                        + (' --methods ' + ' '.join(methods) if methods != p['methods'] else ''),
-            'time': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'machine': platform.machine(), 'torch': torch.__version__,
-            'threads': torch.get_num_threads(), 'seconds': time.perf_counter() - t0}
+            **_machine(), 'seconds': time.perf_counter() - t0}
     path = out / f'bench-{profile}-{stamp}.json'
     path.write_text(json.dumps({'meta': meta, 'rows': rows, 'summary': summary.to_dict('records'), 'areas': areas.to_dict('records')},
                                indent=1, default=float))
@@ -276,9 +280,7 @@ def combine_results(paths, out='bench/results', profile: str = 'full', commands=
                 'fractions': sorted({r['target_fraction'] for r in rows if r['method'] != 'dense'}),
                 'methods': list(dict.fromkeys(r['method'] for r in rows))}
     meta = {'profile': profile, 'settings': settings, 'models': settings['models'], 'command': ' ; '.join(commands) or 'combine_results',
-            'combined_from': [Path(p).name for p in paths], 'time': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
-            'machine': platform.machine(), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
-            'seconds': sum(r['seconds'] for r in rows)}
+            'combined_from': [Path(p).name for p in paths], **_machine(), 'seconds': sum(r['seconds'] for r in rows)}
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{profile}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
     path.write_text(json.dumps({'meta': meta, 'rows': rows, 'summary': summary.to_dict('records'), 'areas': areas.to_dict('records')},
@@ -365,8 +367,7 @@ def run_sweep(model: str = 'sentinel-tiny', variants=None, seeds=(0, 1), fractio
 def write_sweep(rows: list[dict], meta: dict, path, seconds: float | None = None, log=None) -> Path:
     "The sweep's JSON (`meta`, every row, the summary) and markdown table at `path`, from its rows (e.g. the `.rows.jsonl` of a sweep stopped early)."
     summary, path = summarize_sweep(rows), Path(path)
-    meta = {**meta, 'time': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'machine': platform.machine(), 'torch': torch.__version__,
-            'threads': torch.get_num_threads(), 'seconds': seconds if seconds is not None else sum(r['seconds'] for r in rows)}
+    meta = {**meta, **_machine(), 'seconds': seconds if seconds is not None else sum(r['seconds'] for r in rows)}
     path.write_text(json.dumps({'meta': meta, 'rows': rows, 'summary': summary.to_dict('records')}, indent=1, default=float))
     md = (f"Measured {meta['time']} on {meta['machine']} (torch {meta['torch']}, {meta['threads']} threads), {meta['seconds']:.0f} s; "
           f"{rows[0]['model']}, {100 * rows[0]['target_fraction']:.0f} % of heads removed; command: `{meta['command']}`\n\n")
