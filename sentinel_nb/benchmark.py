@@ -148,6 +148,20 @@ def _machine() -> dict:
     return {'time': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'machine': platform.machine(), 'torch': torch.__version__,
             'threads': torch.get_num_threads()}
 
+def _append_row(partial: Path, row: dict):
+    "One measured row onto the `.rows.jsonl` of a run in progress: a long run stopped early keeps every row it measured."
+    with open(partial, 'a') as fh: fh.write(json.dumps(row, default=float) + '\n')
+
+def _write_results(rows: list[dict], meta: dict, path: Path, header: str, log=None) -> Path:
+    "The results JSON (`meta`, every row, the summary, the areas) and its markdown (`header`, then the tables) at `path`."
+    summary = summarize(rows); areas = curve_area(summary)
+    path.write_text(json.dumps({'meta': meta, 'rows': rows, 'summary': summary.to_dict('records'), 'areas': areas.to_dict('records')},
+                               indent=1, default=float))
+    md = header + '\n\n' + _table(summary, areas)
+    path.with_suffix('.md').write_text(md)
+    (log or (lambda s: None))(md)
+    return path
+
 def _seeded_data(name: str, s: dict, seeds):
     "The model `name` once, then per seed: (model, tokenizer, seed, Shakespeare loaders shuffled by the seed, the test batches)."
     model, tok = load_model(name, device='cpu')
@@ -178,23 +192,17 @@ def run_benchmark(profile: str = 'quick', out='bench/results', models=None, meth
             plan = [('dense', 0.)] * ('dense' in methods) + [(m, f) for f in p['fractions'] for m in methods if m != 'dense']
             for method, f in plan:
                 r = {'model': name, **bench_run(model, tok, data, method, f, seed, s['run'], test)}
-                rows.append(r)
-                with open(partial, 'a') as fh: fh.write(json.dumps(r, default=float) + '\n')
+                rows.append(r); _append_row(partial, r)
                 say(f"[{time.perf_counter() - t0:7.1f}s] {name} seed {seed} {method:10s} {100 * f:3.0f} %: test perplexity "
                     f"{r['test_perplexity']:.2f} ({r['active_heads']}/{r['heads']} heads)")
-    summary = summarize(rows); areas = curve_area(summary)
     meta = {'profile': profile, 'settings': p, 'models': models, 'methods': {m: METHODS[m][0] for m in methods},
             'command': 'sentinel bench --profile ' + profile + (' --models ' + ' '.join(models) if models != PROFILES[profile]['models'] else '')
                        + (' --seeds ' + ' '.join(map(str, p['seeds'])) if seeds is not None else '')
                        + (' --fractions ' + ' '.join(map(str, p['fractions'])) if fractions is not None else '')
                        + (' --methods ' + ' '.join(methods) if methods != p['methods'] else ''),
             **_machine(), 'seconds': time.perf_counter() - t0}
-    path = out / f'bench-{profile}-{stamp}.json'
-    path.write_text(json.dumps({'meta': meta, 'rows': rows, 'summary': summary.to_dict('records'), 'areas': areas.to_dict('records')},
-                               indent=1, default=float))
-    md = f"Measured {meta['time']} on {meta['machine']} (torch {meta['torch']}, {meta['threads']} threads), {meta['seconds']:.0f} s; command: `{meta['command']}`\n\n"
-    path.with_suffix('.md').write_text(md + _table(summary, areas))
-    say(md + _table(summary, areas))
+    path = _write_results(rows, meta, out / f'bench-{profile}-{stamp}.json', log=say, header=
+        f"Measured {meta['time']} on {meta['machine']} (torch {meta['torch']}, {meta['threads']} threads), {meta['seconds']:.0f} s; command: `{meta['command']}`")
     partial.unlink()                                         # every row is in the JSON now
     return path
 
@@ -275,21 +283,15 @@ def combine_results(paths, out='bench/results', profile: str = 'full', commands=
             if key in seen: raise ValueError(f"{key} is in more than one of the files: combine disjoint runs only")
             seen.add(key); rows.append(r)
     if not rows: raise ValueError("no rows in the files given")
-    summary, areas = summarize(rows), curve_area(summarize(rows))
     settings = {**PROFILES[profile], 'models': sorted({r['model'] for r in rows}), 'seeds': sorted({r['seed'] for r in rows}),
                 'fractions': sorted({r['target_fraction'] for r in rows if r['method'] != 'dense'}),
                 'methods': list(dict.fromkeys(r['method'] for r in rows))}
     meta = {'profile': profile, 'settings': settings, 'models': settings['models'], 'command': ' ; '.join(commands) or 'combine_results',
             'combined_from': [Path(p).name for p in paths], **_machine(), 'seconds': sum(r['seconds'] for r in rows)}
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench-{profile}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
-    path.write_text(json.dumps({'meta': meta, 'rows': rows, 'summary': summary.to_dict('records'), 'areas': areas.to_dict('records')},
-                               indent=1, default=float))
-    md = (f"Combined {meta['time']} from {', '.join(meta['combined_from'])} ({meta['machine']}, torch {meta['torch']}; "
-          f"{meta['seconds'] / 60:.0f} min of runs); commands: `{meta['command']}`\n\n")
-    path.with_suffix('.md').write_text(md + _table(summary, areas))
-    (log or (lambda s: None))(md + _table(summary, areas))
-    return path
+    return _write_results(rows, meta, out / f"bench-{profile}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json", log=log,
+                          header=f"Combined {meta['time']} from {', '.join(meta['combined_from'])} ({meta['machine']}, torch {meta['torch']}; "
+                                 f"{meta['seconds'] / 60:.0f} min of runs); commands: `{meta['command']}`")
 
 # %% ../nbs/17_benchmark.ipynb #34a0515a
 SWEEP = {   # name -> the settings it changes from the defaults, one at a time (regrowth's own lengths with regrowth on)
@@ -352,8 +354,7 @@ def run_sweep(model: str = 'sentinel-tiny', variants=None, seeds=(0, 1), fractio
     for m, tok, seed, data, test in _seeded_data(model, s, [int(x) for x in seeds]):
         for name, settings in variants.items():
             r = {'model': model, **sweep_run(m, tok, data, test, name, settings, seed, s['run'], fraction)}
-            rows.append(r)
-            with open(partial, 'a') as fh: fh.write(json.dumps(r, default=float) + '\n')
+            rows.append(r); _append_row(partial, r)
             say(f"[{time.perf_counter() - t0:7.1f}s] {model} seed {seed} {name:24s}: validation {r['val_perplexity']:.2f} "
                 f"vs dense control {r['val_control_perplexity']:.2f} ({r['val_over_control']:.3f}x)")
     meta = {'profile': 'sweep', 'base_profile': profile, 'model': model, 'fraction': fraction, 'seeds': [int(x) for x in seeds],
