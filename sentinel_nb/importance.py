@@ -47,7 +47,7 @@ def _example_gate_offsets(g: HeadGates, n_examples: int):
     finally:
         for h in handles: h.remove()
 
-def _gate_pass(g: HeadGates, batches, max_batches: int, entropy: bool, gradient: bool):
+def _gate_pass(g: HeadGates, batches, max_batches: int | None, entropy: bool, gradient: bool):
     "Mean |dL/dξ| per example, mean |d(batch-mean L)/dξ| per batch and mean attention entropy, each `[layers, heads]` (None when not asked for)."
     model, device, gates = g.model, model_device(g.model), g.gates
     was_training = model.training
@@ -58,7 +58,7 @@ def _gate_pass(g: HeadGates, batches, max_batches: int, entropy: bool, gradient:
     try:
         with (g.recording() if entropy else nullcontext()), torch.set_grad_enabled(gradient):
             for i, batch in enumerate(batches):
-                if i >= max_batches: break
+                if max_batches is not None and i >= max_batches: break
                 with (_example_gate_offsets(g, len(batch['input_ids'])) if gradient else nullcontext()) as offsets:
                     nll, keep, _ = batch_nll(model, batch, device)         # [batch, pos-1] each
                 if gradient:
@@ -111,9 +111,9 @@ def combine_scores(scores: dict[str, torch.Tensor]) -> torch.Tensor:
 METHODS = ('entropy', 'gradient', 'gradient_batch', 'magnitude', 'random', 'combined')   # every score there is
 DEFAULT_METHODS = tuple(m for m in METHODS if m != 'gradient_batch')                      # the baseline only on request
 
-def head_importance(model, batches, methods=DEFAULT_METHODS, max_batches: int = 4, seed: int = 0, accelerator=None,
+def head_importance(model, batches, methods=DEFAULT_METHODS, max_batches: int | None = None, seed: int = 0, accelerator=None,
                     normalize: bool = True) -> dict[str, torch.Tensor]:
-    "Per-head scores `{method: [layers, heads]}` (CPU) from at most `max_batches` batches; `normalize`: gradients / layer L2 norm."
+    "Per-head scores `{method: [layers, heads]}` (CPU) from `batches` (the first `max_batches` of them); `normalize`: gradients / layer L2 norm."
     methods = (methods,) if isinstance(methods, str) else tuple(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown: raise ValueError(f"unknown importance method(s) {unknown}; known: {', '.join(METHODS)}")
