@@ -1,35 +1,42 @@
 """How the committed full benchmark is put together from its runs:
 
-    python tools/combine_bench.py OLD_FULL.json NEW_RUN.json [NEW_RUN.json ...]
+    python tools/combine_bench.py BASE_FULL.json NEW_RUN.json [NEW_RUN.json ...] [--changed MODEL ...]
 
-OLD_FULL.json was measured while the plasticity cycle's default regrew half of each cycle's pruned heads; the defaults
-sweep then made no regrowth the default. Its rows are kept under the names their settings have now, which are the
-same settings exactly: 'plasticity' (target, grow_ratio 0.5) is now 'regrow_half', 'no_regrowth' (target,
-grow_ratio 0) is now 'plasticity'. A row that a NEW_RUN measured again (same model, method, fraction and seed: the
-reruns add recovery steps) replaces the old one, and only if it reproduces the old test perplexity (rel 1e-6): the
-same settings must give the same run. Writes bench/results/bench-full-<time>.json and .md (`combine_results`)."""
-import json, math, sys
+Every row of BASE_FULL.json is kept unless a NEW_RUN measured it again (same model, method, fraction and seed); then
+the new row replaces it, and it must reproduce the old test perplexity (rel 1e-6: the same settings must give the same
+run) unless its model is one of --changed, whose benchmark settings changed since BASE_FULL was measured (say which in
+the commit). Writes bench/results/bench-full-<time>.json and .md (`combine_results`); its commands are BASE_FULL's,
+the new runs' and this one.
+
+History: bench-full-20261201-173001 combined the first full run (measured at df664bf, when the cycle's default regrew
+half of each cycle's pruned heads; its rows renamed to the names their settings have now: 'plasticity' became
+'regrow_half', 'no_regrowth' became 'plasticity') with 30 % reruns that reproduced it. Then SmolLM2-135M's settings
+changed from 2 score batches to the default 4 (two scored too little to choose heads by: see the SmolLM2 sweep), so its
+gradient, plasticity and regrow_half rows were measured again (--changed smollm2-135m)."""
+import argparse, json, math, sys
 from pathlib import Path
 from sentinel_nb.benchmark import combine_results, _rows_of
 
-RENAMED = {'plasticity': 'regrow_half', 'no_regrowth': 'plasticity'}   # old name -> the name of the same settings now
-
 def key(r): return (r['model'], r['method'], round(r['target_fraction'], 4), r['seed'])
 
-old_path, new_paths = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
-old = [{**r, 'method': RENAMED.get(r['method'], r['method'])} for r in _rows_of(old_path)]
-new = [r for p in new_paths for r in _rows_of(p)]
-old_by_key = {key(r): r for r in old}
-for r in new:
-    o = old_by_key.pop(key(r), None)
-    if o is not None and not math.isclose(o['test_perplexity'], r['test_perplexity'], rel_tol=1e-6):
-        sys.exit(f"{key(r)}: the rerun measured {r['test_perplexity']:.6f}, the old row {o['test_perplexity']:.6f}: not the same run")
-    if o is not None: print(f"{key(r)} reproduced: {r['test_perplexity']:.6f}", file=sys.stderr)
-kept = Path('/tmp') / f'{old_path.stem}.renamed.rows.jsonl'
-kept.write_text(''.join(json.dumps(r) + '\n' for r in old_by_key.values()))
-OLD_COMMIT = 'df664bf'   # the commit the old rows were measured at (its method names; grow_ratio 0.5 the default)
-meta_commands = [f'(at {OLD_COMMIT}) {c}' for c in json.loads(old_path.read_text())['meta']['command'].split(' ; ')]
-commands = meta_commands + [json.loads(p.read_text())['meta']['command'] for p in new_paths if p.suffix == '.json'] + \
+p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+p.add_argument('base'); p.add_argument('new', nargs='+'); p.add_argument('--changed', nargs='*', default=[])
+a = p.parse_args()
+base_path, new_paths = Path(a.base), [Path(x) for x in a.new]
+base_by_key = {key(r): r for r in _rows_of(base_path)}
+for r in (r for x in new_paths for r in _rows_of(x)):
+    o = base_by_key.pop(key(r), None)
+    if o is None: continue
+    same = math.isclose(o['test_perplexity'], r['test_perplexity'], rel_tol=1e-6)
+    if not same and r['model'] not in a.changed:
+        sys.exit(f"{key(r)}: the rerun measured {r['test_perplexity']:.6f}, the base row {o['test_perplexity']:.6f}: not the same run "
+                 f"(if {r['model']}'s settings changed, name it in --changed)")
+    print(f"{key(r)}: {'reproduced' if same else 'replaced (settings changed)'}: {o['test_perplexity']:.4f} -> {r['test_perplexity']:.4f}",
+          file=sys.stderr)
+kept = Path('/tmp') / f'{base_path.stem}.kept.rows.jsonl'
+kept.write_text(''.join(json.dumps(r) + '\n' for r in base_by_key.values()))
+commands = json.loads(base_path.read_text())['meta']['command'].split(' ; ') + \
+           [json.loads(x.read_text())['meta']['command'] for x in new_paths if x.suffix == '.json'] + \
            ['python tools/combine_bench.py ' + ' '.join(sys.argv[1:])]
 path = combine_results([kept, *new_paths], out=Path(__file__).resolve().parent.parent/'bench'/'results', commands=commands)
 kept.unlink()
