@@ -19,7 +19,7 @@ from .cycle import run_plasticity, PlasticityConfig
 
 # %% auto #0
 __all__ = ['METHODS', 'CORE_METHODS', 'PROFILES', 'KEPT_METRICS', 'METHOD_COLORS', 'SWEEP', 'model_settings', 'recovery_steps',
-           'bench_run', 'summarize', 'curve_area', 'run_benchmark', 'load_results', 'benchmark_curves',
+           'bench_run', 'summarize', 'curve_area', 'seed_areas', 'run_benchmark', 'load_results', 'benchmark_curves',
            'target_verdicts', 'combine_results', 'sweep_variants', 'sweep_run', 'summarize_sweep', 'run_sweep',
            'write_sweep', 'sweep_figure']
 
@@ -119,14 +119,22 @@ def summarize(rows: list[dict]) -> pd.DataFrame:
         **{c: (c, 'mean') for c in val}, **extra).reset_index()
     return out
 
-def curve_area(summary: pd.DataFrame) -> pd.DataFrame:
-    "Per (model, method): the mean test perplexity over the fractions removed, by the trapezoid rule (NaN with one fraction)."
+def _areas(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    "Per group of `by`: the mean test perplexity over the fractions removed, by the trapezoid rule (NaN with one fraction)."
     rows = []
-    for (model, method), g in summary[summary.method != 'dense'].groupby(['model', 'method'], sort=False):
+    for key, g in df[df.method != 'dense'].groupby(by, sort=False):
         g = g.sort_values('target_fraction'); x, y = g.target_fraction.to_numpy(), g.test_perplexity.to_numpy()
         area = float(np.trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 else math.nan
-        rows.append({'model': model, 'method': method, 'fractions': len(x), 'area': area})
+        rows.append({**dict(zip(by, key)), 'fractions': len(x), 'area': area})
     return pd.DataFrame(rows)
+
+def curve_area(summary: pd.DataFrame) -> pd.DataFrame:
+    "Per (model, method): the area under the mean curve — the mean test perplexity over the fractions removed."
+    return _areas(pd.DataFrame(summary), ['model', 'method'])
+
+def seed_areas(rows: list[dict]) -> pd.DataFrame:
+    "Per (model, method, seed): the area under that seed's own curve, for comparing two methods seed by seed."
+    return _areas(pd.DataFrame(rows), ['model', 'method', 'seed'])
 
 # %% ../nbs/17_benchmark.ipynb #ae752910
 def _table(summary: pd.DataFrame, areas: pd.DataFrame) -> str:
@@ -252,9 +260,20 @@ def benchmark_curves(summary: pd.DataFrame) -> go.Figure:
     return fig
 
 # %% ../nbs/17_benchmark.ipynb #1e4b1c14
-def target_verdicts(summary: pd.DataFrame, areas: pd.DataFrame, fraction: float = 0.3, within: float = 1.03) -> list[str]:
-    "Each target, met or not, in words: every method within `within`x dense at `fraction` removed (and plasticity either way), then plasticity's area against the others'."
+def _paired(per_seed: pd.DataFrame, model: str, a: str, b: str) -> str:
+    "Area of `a` minus area of `b`, seed by seed: mean ± std over the seeds both have, and whether that is within the spread."
+    p = per_seed[per_seed.model == model].pivot_table(index='seed', columns='method', values='area')
+    if a not in p or b not in p: return ''
+    d = (p[a] - p[b]).dropna()
+    if len(d) < 2: return ''
+    m, sd = float(d.mean()), float(d.std())
+    return f" (seed by seed: {m:+.2f} ± {sd:.2f} over {len(d)} seeds" + (', within the spread)' if abs(m) < sd else ')')
+
+def target_verdicts(summary: pd.DataFrame, areas: pd.DataFrame, fraction: float = 0.3, within: float = 1.03, rows=None) -> list[str]:
+    """Each target, met or not, in words: every method within `within`x dense at `fraction` removed (and plasticity either
+    way), then plasticity's area against the others' — with `rows`, also the difference seed by seed and its spread."""
     summary, areas, out = pd.DataFrame(summary), pd.DataFrame(areas), []
+    per_seed = seed_areas(rows) if rows is not None else None
     for model in dict.fromkeys(summary.model):
         s = summary[(summary.model == model) & (summary.target_fraction.round(2) == round(fraction, 2)) & (summary.method != 'dense')]
         for r in s.itertuples():
@@ -266,7 +285,8 @@ def target_verdicts(summary: pd.DataFrame, areas: pd.DataFrame, fraction: float 
             for other in ('random', 'gradient', 'magnitude', 'entropy', 'regrow_half', 'regrow_random'):   # the targets, then the rest
                 if other in a and not math.isnan(a[other]):
                     out.append(f"{model}, area under the curve: plasticity {a['plasticity']:.2f} vs {other} {a[other]:.2f} — "
-                               + ('plasticity beats it' if a['plasticity'] < a[other] else f'plasticity loses to {other}'))
+                               + ('plasticity beats it' if a['plasticity'] < a[other] else f'plasticity loses to {other}')
+                               + (_paired(per_seed, model, 'plasticity', other) if per_seed is not None else ''))
     return out
 
 # %% ../nbs/17_benchmark.ipynb #01f4d037
