@@ -163,15 +163,23 @@ def _append_row(partial: Path, row: dict):
     "One measured row onto the `.rows.jsonl` of a run in progress: a long run stopped early keeps every row it measured."
     with open(partial, 'a') as fh: fh.write(json.dumps(row, default=float) + '\n')
 
-def _write_results(rows: list[dict], meta: dict, path: Path, header: str, log=None) -> Path:
-    "The results JSON (`meta`, every row, the summary, the areas) and its markdown (`header`, then the tables) at `path`."
-    summary = summarize(rows); areas = curve_area(summary)
-    path.write_text(json.dumps({'meta': meta, 'rows': rows, 'summary': summary.to_dict('records'), 'areas': areas.to_dict('records')},
-                               indent=1, default=float))
-    md = header + '\n\n' + _table(summary, areas)
+def _measured(meta: dict) -> str:
+    "Where and when, for a results file's markdown: its `_machine()` record and the seconds its runs took."
+    return f"Measured {meta['time']} on {meta['machine']} (torch {meta['torch']}, {meta['threads']} threads), {meta['seconds']:.0f} s"
+
+def _write_files(path: Path, content: dict, md: str, log=None) -> Path:
+    "A results file: `content` as JSON at `path`, `md` beside it (.md) and to `log`."
+    path = Path(path)
+    path.write_text(json.dumps(content, indent=1, default=float))
     path.with_suffix('.md').write_text(md)
     (log or (lambda s: None))(md)
     return path
+
+def _write_results(rows: list[dict], meta: dict, path: Path, header: str, log=None) -> Path:
+    "The results JSON (`meta`, every row, the summary, the areas) and its markdown (`header`, then the tables) at `path`."
+    summary = summarize(rows); areas = curve_area(summary)
+    return _write_files(path, {'meta': meta, 'rows': rows, 'summary': summary.to_dict('records'), 'areas': areas.to_dict('records')},
+                        header + '\n\n' + _table(summary, areas), log)
 
 def _seeded_data(name: str, s: dict, seeds):
     "The model `name` once, then per seed: (model, tokenizer, seed, Shakespeare loaders shuffled by the seed, the test batches)."
@@ -212,8 +220,7 @@ def run_benchmark(profile: str = 'quick', out='bench/results', models=None, meth
                        + (' --fractions ' + ' '.join(map(str, p['fractions'])) if fractions is not None else '')
                        + (' --methods ' + ' '.join(methods) if methods != p['methods'] else ''),
             **_machine(), 'seconds': time.perf_counter() - t0}
-    path = _write_results(rows, meta, out / f'bench-{profile}-{stamp}.json', log=say, header=
-        f"Measured {meta['time']} on {meta['machine']} (torch {meta['torch']}, {meta['threads']} threads), {meta['seconds']:.0f} s; command: `{meta['command']}`")
+    path = _write_results(rows, meta, out / f'bench-{profile}-{stamp}.json', log=say, header=f"{_measured(meta)}; command: `{meta['command']}`")
     partial.unlink()                                         # every row is in the JSON now
     return path
 
@@ -392,14 +399,11 @@ def run_sweep(model: str = 'sentinel-tiny', variants=None, seeds=(0, 1), fractio
 
 def write_sweep(rows: list[dict], meta: dict, path, seconds: float | None = None, log=None) -> Path:
     "The sweep's JSON (`meta`, every row, the summary) and markdown table at `path`, from its rows (e.g. the `.rows.jsonl` of a sweep stopped early)."
-    summary, path = summarize_sweep(rows), Path(path)
+    summary = summarize_sweep(rows)
     meta = {**meta, **_machine(), 'seconds': seconds if seconds is not None else sum(r['seconds'] for r in rows)}
-    path.write_text(json.dumps({'meta': meta, 'rows': rows, 'summary': summary.to_dict('records')}, indent=1, default=float))
-    md = (f"Measured {meta['time']} on {meta['machine']} (torch {meta['torch']}, {meta['threads']} threads), {meta['seconds']:.0f} s; "
-          f"{rows[0]['model']}, {100 * rows[0]['target_fraction']:.0f} % of heads removed; command: `{meta['command']}`\n\n")
-    path.with_suffix('.md').write_text(md + _sweep_table(summary))
-    (log or (lambda m: None))(md + _sweep_table(summary))
-    return path
+    md = (f"{_measured(meta)}; {rows[0]['model']}, {100 * rows[0]['target_fraction']:.0f} % of heads removed; "
+          f"command: `{meta['command']}`\n\n" + _sweep_table(summary))
+    return _write_files(path, {'meta': meta, 'rows': rows, 'summary': summary.to_dict('records')}, md, log)
 
 # %% ../nbs/17_benchmark.ipynb #7076e585
 def sweep_figure(summary: pd.DataFrame) -> go.Figure:

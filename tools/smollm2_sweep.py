@@ -10,7 +10,7 @@ which give the same run now:
   since: it scores all of them) -> 'score_batches 4';
 - measured while they scored on the default 4: 'defaults' -> 'score_batches 4'.
 Rows measured with the settings of now (8 batches) keep their names. The file says all of this in its meta."""
-import json, sys
+import json, sys, time
 from pathlib import Path
 from dataclasses import asdict
 from sentinel_nb.benchmark import PROFILES, model_settings, write_sweep, _rows_of
@@ -37,5 +37,4 @@ meta = {'profile': 'sweep', 'base_profile': 'full', 'model': 'smollm2-135m', 'fr
         'command': "sentinel bench --sweep --models smollm2-135m --seeds 0 1 2 --fractions 0.3 --variants 'defaults' 'score_batches 4' 'score_batches 2'",
         'assembled': 'python tools/smollm2_sweep.py ' + ' '.join(Path(p).name for p in sys.argv[1:]) + ' (rows renamed: see the tool)'}
 out = Path(__file__).resolve().parent.parent / 'bench' / 'results'
-import time
 print(write_sweep(rows, meta, out / f"bench-sweep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"))
