@@ -12,16 +12,16 @@ import pandas as pd
 import torch
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from .models import load_model, head_counts
+from .models import load_model, head_counts, model_config
 from .data import load_corpus, get_dataloaders
 from .metrics import perplexity
 from .cycle import run_plasticity, PlasticityConfig
 
 # %% auto #0
 __all__ = ['METHODS', 'CORE_METHODS', 'PROFILES', 'KEPT_METRICS', 'METHOD_COLORS', 'SWEEP', 'model_settings', 'recovery_steps',
-           'bench_run', 'summarize', 'curve_area', 'seed_areas', 'run_benchmark', 'load_results', 'benchmark_curves',
-           'target_verdicts', 'combine_results', 'sweep_variants', 'sweep_run', 'summarize_sweep', 'run_sweep',
-           'write_sweep', 'sweep_figure']
+           'bench_run', 'summarize', 'curve_area', 'seed_areas', 'check_models', 'run_benchmark', 'load_results',
+           'benchmark_curves', 'target_verdicts', 'combine_results', 'sweep_variants', 'sweep_run', 'summarize_sweep',
+           'run_sweep', 'write_sweep', 'sweep_figure']
 
 # %% ../nbs/17_benchmark.ipynb #30caa95e
 _ONCE = dict(target_schedule='once', grow_ratio=0.)
@@ -189,6 +189,26 @@ def _seeded_data(name: str, s: dict, seeds):
         data = get_dataloaders(corpus, tok, block_size=s['block_size'], batch_size=s['batch_size'], max_blocks=s['max_blocks'], seed=seed)
         yield model, tok, seed, data, [b for _, b in zip(range(max(1, s['test_blocks'] // s['batch_size'])), data['test'])]
 
+def check_models(profile: dict, models) -> None:
+    """Every model of a benchmark checked before the first run (a bad second entry would otherwise fail after every run of
+    the first): its name, its own settings (`model_settings`: data sizes, every run setting), and from its config alone
+    (no weights loaded) that its context holds the block size. The error names the entry and the flag `--models`."""
+    from sentinel_nb.cli import check_model_name, check_settings
+    if not models: raise ValueError("models is empty: give one or more model names")
+    for i, name in enumerate(models, 1):
+        s = model_settings(profile, name)
+        try:
+            check_model_name(name)
+            check_settings(block_size=s['block_size'], batch_size=s['batch_size'], max_blocks=s['max_blocks'])
+            PlasticityConfig(**s['run'])
+            cfg = model_config(name)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"models {name!r} (entry {i} of {len(models)}): {' '.join(str(e).split())}; nothing was run") from None
+        n = next((v for k in ('n_positions', 'max_position_embeddings') if isinstance(v := getattr(cfg, k, None), int)), None)
+        if n is not None and s['block_size'] > n:
+            raise ValueError(f"models {name!r} (entry {i} of {len(models)}): its context is {n} tokens, shorter than the block size "
+                             f"{s['block_size']} of the profile; leave it out, or use a profile with shorter blocks; nothing was run")
+
 def run_benchmark(profile: str = 'quick', out='bench/results', models=None, methods=None, seeds=None, fractions=None, log=None) -> Path:
     "Every method x fraction x seed x model of `profile` (the dense run once per seed and model); writes JSON + markdown into `out`, returns the JSON's path."
     if profile not in PROFILES: raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
@@ -200,6 +220,7 @@ def run_benchmark(profile: str = 'quick', out='bench/results', models=None, meth
         p['fractions'] = [float(f) for f in fractions]
     unknown = [m for m in methods if m not in METHODS]
     if unknown: raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    check_models(p, models)                                  # all of them, before the first run
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     rows, t0 = [], time.perf_counter()
@@ -379,6 +400,7 @@ def run_sweep(model: str = 'sentinel-tiny', variants=None, seeds=(0, 1), fractio
     if profile not in PROFILES: raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     if not 0 < fraction < 1: raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     variants = sweep_variants(variants); s = model_settings(PROFILES[profile], model)
+    check_models(PROFILES[profile], [model])
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime('%Y%m%d-%H%M%S', time.gmtime()); partial = out / f'bench-sweep-{stamp}.rows.jsonl'

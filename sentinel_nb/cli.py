@@ -4,18 +4,19 @@
 
 # %% ../nbs/11_cli.ipynb #b20bc421
 from __future__ import annotations
-import argparse, json, math, os, re, sys, time, traceback
+import argparse, errno, json, math, os, re, shlex, sys, time, traceback, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import torch
 from .core import get_device, seed_everything, mixed_precision_for, autocast
 from .data import load_corpus, get_dataloaders, LOCAL_PREFIXES
-from .models import load_model, head_counts, OFFLINE_NAMES
+from .models import load_model, head_counts, OFFLINE_NAMES, is_local_name, missing_local_model
 from .metrics import nll_and_count, nll_to_perplexity
 
 # %% auto #0
 __all__ = ['SEED_MAX', 'USER_ERRORS', 'flag_name', 'setting_flags', 'check_settings', 'check_device', 'parse_heads',
            'check_model_name', 'context_length', 'load_model_for', 'evaluate_model', 'compare_pruning',
-           'saved_settings', 'prepare_run', 'run_args', 'build_parser', 'main']
+           'saved_settings', 'prepare_run', 'run_args', 'build_parser', 'main', 'file_error', 'check_resume_cycles']
 
 # %% ../nbs/11_cli.ipynb #dc5bd098
 SEED_MAX = 2**32 - 1   # numpy's seed range, which `seed_everything` feeds
@@ -83,14 +84,14 @@ def check_model_name(name: str) -> None:
     "Raise early for a model name that is no offline name, no model folder or .gguf file and no hub id (`owner/name`)."
     if name in OFFLINE_NAMES: return
     path, how = Path(name).expanduser(), f"give a folder written by save_pretrained, a .gguf file, or an offline name ({', '.join(OFFLINE_NAMES)})"
+    if not str(name).strip(): raise ValueError(f"model is empty: {how}")
     if path.is_dir():
         if not (path/'config.json').is_file(): raise FileNotFoundError(f"model {name!r} is a folder without config.json: {how}")
         return
     if path.exists():
         if path.suffix != '.gguf': raise ValueError(f"model {name!r} is a file but not a .gguf model: {how}")
         return
-    if name.endswith('.gguf') or name.startswith(LOCAL_PREFIXES):
-        raise FileNotFoundError(f"no model at {name!r}; offline names: {', '.join(OFFLINE_NAMES)}")
+    if is_local_name(name): raise missing_local_model(name)     # a moved folder is no hub failure
     if not _HUB_ID.match(name):
         raise ValueError(f"model {name!r} is not an offline name ({', '.join(OFFLINE_NAMES)}), an existing folder or "
                          ".gguf file, or a Hugging Face id like owner/name")
@@ -315,9 +316,10 @@ def _add_report(sub):
     p.set_defaults(func=_report)
 
 def _report(a) -> dict:
-    from sentinel_nb.report import export_report, REPORT_NAME
+    from sentinel_nb.report import export_report, check_report_path, REPORT_NAME
     run = Path(a.run)
-    output = Path(a.output) if a.output else (run if run.is_dir() else run.parent)/REPORT_NAME
+    output = Path(a.output) if a.output is not None else (run if run.is_dir() else run.parent)/REPORT_NAME
+    check_report_path(output, '-o/--output' if a.output is not None else 'the report file (-o/--output, default RUN/report.html)')
     path = export_report(run, output, title=a.title, attention=a.attention, prompt=a.prompt)
     print(f"sentinel: report written to {path} ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     return {'report': str(path), 'bytes': path.stat().st_size}
@@ -348,11 +350,13 @@ def saved_settings(info: dict) -> dict:
 
 def _settings_from_run(a) -> list[str]:
     "On `--resume`, every setting not given on this command line is the run's own, read from its run.json; returns their names."
-    from sentinel_nb.log import read_run_info
+    from sentinel_nb.log import read_run_info, recover_run_info, latest_checkpoint
     folder = Path(a.out) if a.resume is True else Path(a.resume)
-    if not (folder/'run.json').is_file(): folder = folder.parent          # a checkpoint folder: its run folder holds run.json
-    if not (folder/'run.json').is_file(): return []                       # the run-folder checks below say what is wrong
-    saved, given = saved_settings(read_run_info(folder)), getattr(a, 'explicit', set())
+    if not (folder/'run.json').is_file() and latest_checkpoint(folder) is None: folder = folder.parent   # a checkpoint: its run folder
+    if (folder/'run.json').is_file(): info = read_run_info(folder)
+    elif latest_checkpoint(folder) is not None: info = recover_run_info(folder)   # run.json lost: the settings its checkpoints keep
+    else: return []                                                       # the run-folder checks below say what is wrong
+    saved, given = saved_settings(info), getattr(a, 'explicit', set())
     if 'protected' in saved: saved['protected'] = [f'{l}:{h}' for l, h in saved['protected']]   # as the flag writes them
     taken = []
     for name, value in saved.items():
@@ -362,11 +366,17 @@ def _settings_from_run(a) -> list[str]:
     return taken
 
 def _check_save_pruned(folder: str, out: str) -> None:
-    "Where `--save-pruned` will write: a new or empty folder, outside the run folder's own files."
+    """Where `--save-pruned` will write, checked before the model loads: a new or empty folder, outside the run folder's own
+    files, in a place that can be written to (the pruned model is written next to it, then renamed into place)."""
+    from sentinel_nb.log import _check_writable, _nearest_existing
     p = Path(folder)
-    if p.exists() and not p.is_dir(): raise NotADirectoryError(f"save-pruned {folder} is a file: give a folder for the pruned model")
-    if p.is_dir() and any(p.iterdir()): raise ValueError(f"save-pruned {folder} is not empty: give a new or empty folder")
-    if p.resolve() == Path(out).resolve(): raise ValueError(f"save-pruned {folder} is the run folder: give another folder, e.g. {Path(out)/'pruned'}")
+    if not str(folder).strip(): raise ValueError("save_pruned is empty: give a folder for the pruned model, e.g. runs/pruned")
+    if p.exists() and not p.is_dir(): raise NotADirectoryError(f"save_pruned {folder} is a file: give a folder for the pruned model")
+    if p.is_dir() and any(p.iterdir()): raise ValueError(f"save_pruned {folder} is not empty: give a new or empty folder")
+    if p.resolve() == Path(out).resolve(): raise ValueError(f"save_pruned {folder} is the run folder: give another folder, e.g. {Path(out)/'pruned'}")
+    parent = _nearest_existing(p.absolute().parent)
+    if not parent.is_dir(): raise NotADirectoryError(f"save_pruned {folder} is under {parent}, which is a file: give a folder elsewhere")
+    _check_writable(parent, f'the folder that would hold save_pruned {folder},')
 
 def prepare_run(a) -> dict:
     """Everything `sentinel run` does before the run starts, from its parsed arguments `a`: every setting checked (before
@@ -391,6 +401,7 @@ def prepare_run(a) -> dict:
     PlasticityConfig(**cfg)                                   # every plasticity setting, checked before anything loads
     check_settings(block_size=a.block_size, batch_size=a.batch_size, max_blocks=a.max_blocks)   # the data's settings
     _check_run_folder(a.out, a.resume, a.overwrite)           # before the corpus: a hub dataset may take a while to fetch
+    if a.resume and not a.overwrite: check_resume_cycles(a.out, a.resume, cfg['cycles'])
     if getattr(a, 'save_pruned', None): _check_save_pruned(a.save_pruned, a.out)
     text = load_corpus(a.corpus)
     if from_run and getattr(a, 'verbose', True):
@@ -426,20 +437,24 @@ def _run(a) -> dict:
         if 'physical' in e.info: msg += f" ({e.info['physical']['parameters']:,} parameters)"   # --physical: the model shrinks
         say(msg)
     save_to = getattr(a, 'save_pruned', None)
+    n_start = sum(p.numel() for p in model.parameters())       # before the run: a --physical run shrinks the model as it goes
     log = run_plasticity(model, data, tok, out=a.out, resume=a.resume, overwrite=a.overwrite, run_info=ready['run_info'],
                          on_event=on_event, progress=True, keep_gates=bool(save_to), **cfg)
     outcome = [e for e in log.events if e.kind in ('resume', 'stop', 'end')]
     stop = outcome[-1] if outcome and outcome[-1].kind == 'stop' else None   # a stop before a resume is history
     diverged = bool(stop and stop.info.get('diverged'))
     pruned = None
-    if save_to and not diverged:                 # the gates' inactive heads go; the model is the run's last state
+    if save_to and stop:                         # a stopped run's model is mid-cycle: not the run's result
+        say(f"sentinel: the pruned model was not written to {save_to}: the run " + ("diverged" if diverged else
+            "stopped before its end; resuming it (the command below) writes it when the run finishes"))
+    elif save_to:                                # the gates' inactive heads go; the model is the run's last state
         from sentinel_nb.physical import prune_physically, save_pruned
-        n_before = sum(p.numel() for p in model.parameters())
         layout = prune_physically(model, log.runner.gates)
         save_pruned(model, save_to, layout, tokenizer=tok)
         n_after = sum(p.numel() for p in model.parameters())
-        pruned = {'folder': str(save_to), 'parameters': n_after, 'parameters_before': n_before, 'heads': len(layout.live_heads())}
-        say(f"sentinel: pruned model saved in {save_to}: {n_after:,} parameters ({n_before - n_after:,} removed)")
+        pruned = {'folder': str(save_to), 'parameters': n_after, 'parameters_before': n_start, 'heads': len(layout.live_heads())}
+        say(f"sentinel: pruned model saved in {save_to}: {n_after:,} parameters, {n_start - n_after:,} fewer than the "
+            f"{n_start:,} the run started with")
     report = None
     if getattr(a, 'report', True):            # a stopped or resumed run reports what it has; before the stop / continue line
         try: report = export_report(a.out, Path(a.out)/REPORT_NAME); say(f"sentinel: report {report}")
@@ -447,7 +462,9 @@ def _run(a) -> dict:
     verdict = against_control(log)                   # the run against the dense model trained the same way
     if verdict: say(f"sentinel: {against_control_text(verdict)}")
     if diverged: say(f"sentinel: {stop.info.get('reason')}")
-    elif stop: say(f"sentinel: the run stopped ({stop.info.get('reason')}) with a checkpoint; continue it with: sentinel run --out {a.out} --resume")
+    elif stop:
+        again = shlex.join(['sentinel', 'run', '--out', str(a.out), '--resume', *(['--save-pruned', str(save_to)] if save_to else [])])
+        say(f"sentinel: the run stopped ({stop.info.get('reason')}) with a checkpoint; continue it with: {again}")
     ms = log.metrics_frame()
     return {'out': a.out, 'events': len(log), 'report': str(report) if report else None, 'pruned_model': pruned, 'against_control': verdict, 'stopped': stop.info.get('reason') if stop else None, 'diverged': diverged,
             'seconds': time.perf_counter() - t0,
@@ -473,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument('--debug', action='store_true', default=argparse.SUPPRESS, help='on an error, show its full traceback')
     return parser
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)   # log's RunFolderError, CheckpointError are ValueErrors
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError, FileExistsError)   # log's RunFolderError, CheckpointError are ValueErrors
 
 def _as_flags(message: str, settings) -> str:
     "`message` on one line, with setting names written as their flags (`prune_strategy` -> `--prune-strategy`)."
@@ -491,6 +508,21 @@ def _explicit_flags(argv: list[str] | None) -> set[str]:
         for action in p._actions: action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv))) - {'func', 'command'}
 
+def _internal_error(e: BaseException) -> int:
+    print(f"sentinel: error: internal error: {type(e).__name__}: {' '.join(str(e).split())} "
+          "(run again with --debug for the traceback)", file=sys.stderr); return 1
+
+@contextmanager
+def _warnings_as_lines():
+    "sentinel_nb's warnings during a command as `sentinel: warning: ...` lines (no file:line or source line); others as usual."
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+        def line(message, category, filename, *rest, **kw):
+            if 'sentinel_nb' not in str(filename): return show(message, category, filename, *rest, **kw)
+            print(f"sentinel: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+        warnings.showwarning = line
+        yield
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sentinel` console script; returns the exit status (0 ok, 1 internal error, 2 user error, 130 Ctrl-C)."
     try: args = build_parser().parse_args(argv)
@@ -498,18 +530,55 @@ def main(argv: list[str] | None = None) -> int:
     args.explicit = _explicit_flags(argv)
     settings = [k for k in vars(args) if k not in ('func', 'command', 'debug', 'explicit')]
     try:
-        result = args.func(args)
+        with _warnings_as_lines(): result = args.func(args)
     except KeyboardInterrupt:
         if args.debug: traceback.print_exc()
         print("sentinel: interrupted (Ctrl-C)", file=sys.stderr); return 130
+    except OSError as e:
+        if args.debug: traceback.print_exc()
+        if not e.filename and not isinstance(e, USER_ERRORS): return _internal_error(e)
+        print(f"sentinel: error: {file_error(e, args) if e.filename else _as_flags(e, settings)}", file=sys.stderr); return 2
     except USER_ERRORS as e:
         if args.debug: traceback.print_exc()
         print(f"sentinel: error: {_as_flags(e, settings)}", file=sys.stderr); return 2
     except Exception as e:
         if args.debug: traceback.print_exc()
-        print(f"sentinel: error: internal error: {type(e).__name__}: {' '.join(str(e).split())} "
-              "(run again with --debug for the traceback)", file=sys.stderr); return 1
+        return _internal_error(e)
     if result is not None: print(json.dumps(result, indent=1, default=str))
     from sentinel_nb.cycle import INTERRUPTED
     if isinstance(result, dict) and result.get('diverged'): return 1                         # the run diverged
     return 130 if isinstance(result, dict) and result.get('stopped') == INTERRUPTED else 0   # Ctrl-C stopped the run
+
+# %% ../nbs/11_cli.ipynb #e502e3ad
+_ERRNO_ADVICE = {errno.ENOSPC: 'the disk is full: free some space, or give a path on another disk',
+                 errno.EDQUOT: 'your disk quota is used up: free some space, or give a path on another disk',
+                 errno.EACCES: 'no permission: fix its permissions, or choose a place you can write to',
+                 errno.EPERM: 'not permitted: fix its permissions, or choose a place you can write to',
+                 errno.EROFS: 'the disk is read-only: choose a place you can write to',
+                 errno.EISDIR: 'it is a folder: give a file path',
+                 errno.ENOTDIR: 'a part of the path is a file, not a folder: choose another path',
+                 errno.ENOENT: 'it does not exist: check the path'}
+_SHOWN_AS = {'output': '-o/--output', 'run': 'RUN'}     # settings whose flag is not `--name`
+
+def file_error(e: OSError, args) -> str:
+    "The one line for an `OSError` on `e.filename`: what happened to which file, of which setting in `args`, and what to do."
+    f = Path(os.fsdecode(e.filename)).expanduser().absolute()
+    paths = {k: Path(v).expanduser().absolute() for k, v in vars(args).items()
+             if isinstance(v, (str, Path)) and str(v).strip() and k not in ('command', 'func')}
+    owners = sorted((len(p.parts), k) for k, p in paths.items() if p == f or p in f.parents)
+    whose = f" (the path of {_SHOWN_AS.get(owners[-1][1], flag_name(owners[-1][1]))})" if owners else ''
+    advice = _ERRNO_ADVICE.get(e.errno, 'check the path and the disk')
+    return f"{e.strerror or type(e).__name__} writing or reading {f}{whose}: {advice}"
+
+
+# %% ../nbs/11_cli.ipynb #e97548e3
+def check_resume_cycles(out, resume, cycles: int) -> None:
+    "Refuse `cycles` fewer than the run to resume (`--resume`: the newest checkpoint in `out`, or the checkpoint `resume`) has done."
+    from sentinel_nb.log import latest_checkpoint, cycles_begun
+    ckpt = latest_checkpoint(out) if resume is True else Path(resume)
+    if ckpt is not None and (ckpt/'run.json').is_file(): ckpt = latest_checkpoint(ckpt)    # --resume RUN_FOLDER
+    try: done = cycles_begun(ckpt)                                  # a stopped checkpoint is in a cycle it began
+    except (OSError, TypeError, ValueError): return                 # no checkpoint: the run-folder checks say what is wrong
+    if cycles < done:
+        raise ValueError(f"cycles is {cycles}, fewer than the {done} cycles the run has already begun ({ckpt}): give --cycles {done} "
+                         "or more (more cycles extend the run), or leave --cycles out to keep the run's own number")

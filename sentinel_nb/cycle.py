@@ -23,7 +23,8 @@ from .prune import prune_heads, prunable_count, pruned_heads, STRATEGIES as PRUN
 from .grow import grow_heads, STRATEGIES as GROW_STRATEGIES, INITS as GROW_INITS
 from .train import FineTuner, drain, _cycle, _installed_gates, _check_precision
 from .log import (ExperimentLog, CheckpointError, RunFolderError, new_run_id, prepare_run_folder, write_run_info,
-                             read_run_info, run_info_differences, latest_checkpoint, save_checkpoint, load_checkpoint)
+                             read_run_info, run_info_differences, latest_checkpoint, save_checkpoint, load_checkpoint,
+                             open_run_folder, resumable_checkpoint, recover_run_info, cycles_begun)
 from .physical import layout_of, prune_physically, insert_heads
 
 # %% auto #0
@@ -272,6 +273,12 @@ def _diverged(phase: str, step: int, why: str, stability_level: int) -> str:
     fix = "lower --lr" if stability_level >= 2 else "lower --lr or use --stability-level 2"   # level 2 already rolls back
     return f"training diverged: {why} at step {step} ({phase}) ({fix})"
 
+@contextmanager
+def _finally(action):
+    "Run `action` when the block ends, however it ends (a generator closed unfinished too)."
+    try: yield
+    finally: action()
+
 class PlasticityRunner:
     "Runs warm-up and plasticity cycles on `model` with `data`, writing events to `log` (see `run_plasticity`)."
     def __init__(self, model, data: dict, tokenizer=None, config: PlasticityConfig | None = None,
@@ -291,7 +298,8 @@ class PlasticityRunner:
         self.own_gates = self.gates is None
         if self.own_gates: self.gates = HeadGates(model).install()
         self.log = ExperimentLog({'plasticity': asdict(self.cfg)}, on_event=[on_event] if on_event else [])
-        self.out, self.run_id, self.run_dir = None, None, None
+        self.out, self.run_id, self.run_dir, self.lock = None, None, None, None   # lock: the run folder's, while this runner writes it
+        self.info = None                # what run.json holds; every checkpoint keeps a copy, so a lost run.json can be rebuilt
         self.global_step, self.next_cycle, self.teacher = 0, 0, None   # next_cycle 0: the warm-up is still to do
         self.position = None            # inside a phase: what that phase needs to go on (JSON-ready); None between phases
         self._trainer_state = None      # inside a training phase: FineTuner state and random states (tensors)
@@ -334,8 +342,9 @@ class PlasticityRunner:
                 'config': asdict(self.cfg), 'created': created or time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                 'environment': _environment(self.device, self.mixed_precision, next(self.model.parameters()).dtype)}   # where it ran (a resume may run elsewhere)
 
-    def open(self, out=None, resume=None, overwrite: bool = False) -> 'PlasticityRunner':
-        "Set up the run folder `out` for a new run, or check it and load the checkpoint to `resume` (see `run_plasticity`)."
+    def open(self, out=None, resume=None, overwrite: bool = False, writer: str = '') -> 'PlasticityRunner':
+        """Set up the run folder `out` for a new run, or check it and load the checkpoint to `resume` (see `run_plasticity`).
+        The folder written is locked for this runner (`RunLock`, `writer` says what runs) until the run ends or `release`."""
         if out is not None and str(out).strip() == '':
             raise RunFolderError("out must be a folder for the run's files, or None to write nothing; got ''")
         if resume is False: resume = None
@@ -344,35 +353,56 @@ class PlasticityRunner:
         if resume is None:
             self.run_id = new_run_id()
             if out is not None:
-                self.out = prepare_run_folder(out, 'overwrite' if overwrite else 'new')
-                write_run_info(self.out, self.run_info(self.run_id))
+                self.out, self.lock = open_run_folder(out, 'overwrite' if overwrite else 'new', writer)
+                self.info = self.run_info(self.run_id)
+                write_run_info(self.out, self.info)
             self.log = ExperimentLog(self.log.config, on_event=self.log.on_event, run_id=self.run_id,
                                      events_path=self.out/'events.jsonl' if self.out else None)
             return self
-        if resume is True:
+        folder = None if resume is True else Path(resume)
+        if folder is None:
             if out is None: raise RunFolderError("resume=True continues the run in out: give out= (the run folder)")
-            self.run_dir = prepare_run_folder(out, 'resume')
-            folder = latest_checkpoint(self.run_dir)
-        else:
-            folder = Path(resume)
-            if (folder/'run.json').is_file():                  # a run folder: its newest checkpoint
-                self.run_dir = prepare_run_folder(folder, 'resume'); folder = latest_checkpoint(self.run_dir)
-            elif not (folder/'extra.json').is_file():
-                raise CheckpointError(f"resume={str(resume)!r} is neither a run folder (run.json) nor a checkpoint folder "
-                                      "(extra.json): give a checkpoint such as OUT/cycle-1, or resume=True with out=OUT")
-            else: self.run_dir = prepare_run_folder(folder.parent, 'resume')
-        saved = read_run_info(self.run_dir)
+            run_dir = Path(out)
+        elif (folder/'run.json').is_file() or latest_checkpoint(folder) is not None: run_dir, folder = folder, None   # a run folder
+        elif not (folder/'extra.json').is_file():
+            raise CheckpointError(f"resume={str(resume)!r} is neither a run folder (run.json) nor a checkpoint folder "
+                                  "(extra.json): give a checkpoint such as OUT/cycle-1, or resume=True with out=OUT")
+        else: run_dir = folder.parent
+        fork = out is not None and Path(out).resolve() != run_dir.resolve()   # continue a checkpoint in a new folder
+        if fork: self.run_dir = prepare_run_folder(run_dir, 'resume')          # only read: the new folder is the one written
+        else: self.run_dir, self.lock = open_run_folder(run_dir, 'resume', writer)
+        try: return self._resume(out, folder, fork, writer)
+        except BaseException: self._unlock(); raise
+
+    def _resume(self, out, folder: Path | None, fork: bool, writer: str) -> 'PlasticityRunner':
+        "The checkpoint `folder` (None: the newest sound one) of `self.run_dir` checked against this run and loaded."
+        if folder is None:
+            folder, passed = resumable_checkpoint(self.run_dir)
+            if folder is None: raise CheckpointError(f"no checkpoint in {self.run_dir} can be resumed from: {'; '.join(passed)}. "
+                                                     "Start the run again in another folder (its files stay as they are).")
+            if passed: warnings.warn(f"resuming from {folder.name}, not from {'; '.join(passed)}")
+        if (self.run_dir/'run.json').is_file(): saved = read_run_info(self.run_dir)
+        else:                                              # lost: rebuilt from the newest sound checkpoint's copy
+            saved = recover_run_info(self.run_dir); rec = saved.pop('recovered')
+            if rec['missing']:                             # a checkpoint older than that copy: this call's model and data
+                saved = {**self.run_info(saved['run_id']), **{k: v for k, v in saved.items() if v is not None}}
+            warnings.warn(f"{self.run_dir/'run.json'} was missing: rebuilt from {rec['from']}" + (
+                f" and this run's {', '.join(rec['missing'])}, which cannot be checked against the lost ones" if rec['missing'] else ''))
         self.run_id = saved['run_id']
         now = self.run_info(self.run_id, saved.get('created'))
         diffs = run_info_differences(saved, now)
         if diffs:
             raise RunFolderError(f"cannot resume the run in {self.run_dir} with other data, model or settings (only cycles may "
                                  f"change); differences (saved -> now):\n  " + '\n  '.join(diffs))
-        fork = out is not None and Path(out).resolve() != self.run_dir.resolve()   # continue a checkpoint in a new folder
-        self.out = prepare_run_folder(out, 'new') if fork else self.run_dir
+        if self.cfg.cycles < (begun := cycles_begun(folder)):
+            raise RunFolderError(f"cycles={self.cfg.cycles} is fewer than the {begun} cycles the run had begun at {folder}: give "
+                                 f"cycles={begun} or more (more cycles extend the run)")
+        if fork: self.out, self.lock = open_run_folder(out, 'new', writer)
+        else: self.out = self.run_dir
         self._load(folder)
         if fork and self.cfg.distill:                      # the teacher's weights come along (see `_load`)
             shutil.copytree(self.run_dir/'warmup', self.out/'warmup')
+        self.info = now
         write_run_info(self.out, now)                                  # the new number of cycles
         self.log.write_events(self.out/'events.jsonl')                 # events after the checkpoint are dropped
         self.log.events_path = self.out/'events.jsonl'
@@ -380,6 +410,10 @@ class PlasticityRunner:
         self.log.add(kind='resume', cycle=pos['cycle'] if pos else self.next_cycle, step=self.global_step,
                      info={'folder': str(folder), 'phase': pos['phase'] if pos else None})
         return self
+
+    def _unlock(self):
+        "Let the run folder go (another writer may take it)."
+        if self.lock is not None: self.lock.release()
 
     def _load(self, folder: Path):
         "Weights, head state, log, position (and trainer state, teacher) from checkpoint `folder` of this run."
@@ -398,6 +432,9 @@ class PlasticityRunner:
             # the teacher is the dense model after warm-up: exactly the weights of the warm-up checkpoint
             self.teacher = dense_copy(self.model)   # pruned physically: load_checkpoint rebuilds it to the dense warm-up shapes
             load_checkpoint(self.run_dir/'warmup', self.teacher, None, run_id=self.run_id)
+            # ... running the attention the run trains with, as the teacher copied in cycle 1 does (the model is switched to
+            # cfg.attention only when the run starts): an eager teacher's logits differ from SDPA's in the last bits
+            set_attention(self.teacher, self.cfg.attention)
         self.log = ExperimentLog({'plasticity': asdict(self.cfg)}, events=log.events if log else [], on_event=self.log.on_event,
                                  run_id=self.run_id)
 
@@ -407,7 +444,8 @@ class PlasticityRunner:
         folder, pos = self.out/name, self.position
         self.log.add(kind='checkpoint', cycle=pos['cycle'] if pos else max(0, self.next_cycle - 1), step=self.global_step,
                      info={'folder': str(folder), 'phase': pos['phase'] if pos else None})
-        extra = {'next_cycle': self.next_cycle, 'global_step': self.global_step, 'config': asdict(self.cfg), 'position': pos}
+        extra = {'next_cycle': self.next_cycle, 'global_step': self.global_step, 'config': asdict(self.cfg), 'position': pos,
+                 'run_info': self.info}
         files = {}
         if pos is not None and 'progress' in pos:          # written inside the checkpoint's atomic swap, size recorded
             state = {'run_id': self.run_id, 'global_step': self.global_step, **self._trainer_state}
@@ -516,11 +554,12 @@ class PlasticityRunner:
         return False
 
     def _diverged_after(self, measured: dict, phase: str) -> bool:
-        "True (and the reason noted) if the measurement after a training phase has no finite perplexity (huge but finite losses)."
+        "True (and the reason noted) if the measurement after a training phase has no finite perplexity (huge but finite losses) or no finite logits to sample."
         ppl = measured.get('perplexity', math.nan)
-        if math.isfinite(ppl): return False
+        if math.isfinite(ppl) and 'not_finite' not in measured: return False   # not_finite: `evaluate` could not sample
         self.position = None
-        self.diverged = _diverged(phase, self.global_step, f"validation perplexity is {ppl}", self.cfg.stability_level)
+        why = f"validation perplexity is {ppl}" if not math.isfinite(ppl) else "the logits of the sample prompts are not finite"
+        self.diverged = _diverged(phase, self.global_step, why, self.cfg.stability_level)
         return True
 
     # --- phases --------------------------------------------------------------------------------------------
@@ -644,7 +683,7 @@ class PlasticityRunner:
         # since (while the model loaded or the resume was checked) is this run's and is obeyed
         if self.control.stopped and self.control.stops == self._stops_before: self.control.reset()
         self.attention = set_attention(self.model, self.cfg.attention)   # BLOOM cannot switch: it stays eager
-        with ctrl_c_stops(self.control):
+        with ctrl_c_stops(self.control), _finally(self._unlock):     # the folder is let go when the run ends, however it ends
             if self.next_cycle == 0:
                 if not self.log.filter('start'): self.log.add(kind='start', info={'config': asdict(self.cfg), 'run_id': self.run_id})
                 if not (yield from self.warmup()): return self._finish()
@@ -668,6 +707,7 @@ class PlasticityRunner:
         "Remove the gates if this runner installed them (a user's own gates stay); the model's attention implementation as it came."
         if self.own_gates: self.gates.remove()
         set_attention(self.model, self._attention_before)
+        self._unlock()
 
 # %% ../nbs/10_cycle.ipynb #ba73377e
 def _trainable_copy(model):

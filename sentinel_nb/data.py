@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #09a273b0
 from __future__ import annotations
-import json, os, re, subprocess, sys, tarfile, tempfile
+import json, os, re, stat, subprocess, sys, tarfile, tempfile
 from pathlib import Path
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
@@ -59,23 +59,47 @@ BUILTIN_CORPORA = ('shakespeare', 'milton')
 LOCAL_SUFFIXES = ('.txt', '.jsonl')            # a name ending so is a local file, never a dataset name
 LOCAL_PREFIXES = ('/', './', '../', '~')        # so is a name starting so
 
+def _check_corpus_name(name_or_path):
+    "Refuse what names no corpus (None, '', a number): asked of the hub, `None` would become a dataset called 'None'."
+    if isinstance(name_or_path, os.PathLike) or (isinstance(name_or_path, str) and name_or_path.strip()): return
+    raise ValueError(f"corpus must be a built-in corpus ({', '.join(map(repr, BUILTIN_CORPORA))}), the path of a .txt or .jsonl "
+                     "file or of a folder of .txt files (e.g. ./my_text.txt), or a Hugging Face dataset name ('owner/name' or "
+                     f"'owner/name:config'); got {name_or_path!r}")
+
 def corpus_kind(name_or_path: str | Path) -> str:
     "Where `load_corpus` looks for `name_or_path`: `'builtin'`, `'local'` (file or folder) or `'hub'` (Hugging Face)."
-    if isinstance(name_or_path, Path): return 'local'
+    _check_corpus_name(name_or_path)
+    if isinstance(name_or_path, os.PathLike): return 'local'
     s = str(name_or_path)
     if s in BUILTIN_CORPORA: return 'builtin'
     if Path(s).expanduser().exists() or s.endswith(LOCAL_SUFFIXES) or s.startswith(LOCAL_PREFIXES): return 'local'
     return 'hub'   # "name", "owner/name" or "owner/name:config"
 
 # %% ../nbs/01_data.ipynb #cb86cbbf
+_NOT_REGULAR = {stat.S_ISFIFO: 'a named pipe (FIFO)', stat.S_ISCHR: 'a character device', stat.S_ISBLK: 'a block device',
+                stat.S_ISSOCK: 'a socket'}
+
+def _check_regular(path: Path):
+    "Refuse, before opening it, a path that is not a regular file: reading a named pipe waits for a writer, a device may never end."
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode): return
+    what = next((name for is_kind, name in _NOT_REGULAR.items() if is_kind(mode)), 'not a regular file')
+    raise ValueError(f"corpus file {path} is {what}, not a regular file: it is not read (it could wait forever). Save the text "
+                     f"to a file first (e.g. `cat {path} > corpus.txt`) and give that file")
+
 def _read_text(path: Path) -> str:
-    "The text of the file at `path`, refusing files that are not text (NUL bytes, or mostly undecodable as UTF-8)."
+    "The text of the regular file at `path`, refusing files that are not UTF-8 text (NUL bytes, or any byte sequence UTF-8 does not allow)."
+    _check_regular(path)
     raw = path.read_bytes()
     hint = "give a UTF-8 text file (.txt, or .jsonl with a text field), a folder of .txt files, or a dataset name"
     if b'\x00' in raw: raise ValueError(f"corpus file {path} is not text (it contains NUL bytes: binary, or UTF-16); {hint}")
-    text = raw.decode('utf-8', errors='replace')
-    bad = text.count('\ufffd')
-    if bad > 0.2 * len(text): raise ValueError(f"corpus file {path} is not UTF-8 text ({bad} of {len(text)} characters undecodable); {hint}")
+    try: text = raw.decode('utf-8')            # strict: a replacement character would be trained on and scored as text
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b'\n') + 1
+        raise ValueError(f"corpus file {path} is not UTF-8: byte {e.start} (line {line}) is 0x{raw[e.start]:02x}, which UTF-8 does "
+                         f"not allow there. Convert the file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8 {path} > "
+                         f"{path.with_name(path.stem + '-utf8' + path.suffix)}` (if it is Latin-1; `file {path}` may tell the "
+                         "encoding), and give the converted file") from None
     return text.replace('\r\n', '\n')
 
 def _split_contiguous(texts: list[str], frac=(0.9, 0.05, 0.05)) -> DatasetDict:

@@ -4,7 +4,9 @@
 
 # %% ../nbs/09_log.ipynb #e546b5b9
 from __future__ import annotations
-import json, math, os, re, secrets, shutil, time
+import hashlib, json, math, os, re, secrets, shutil, socket, sys, time, warnings
+try: import fcntl                      # POSIX; `RunLock` falls back to a process check without it
+except ImportError: fcntl = None
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Callable
@@ -15,10 +17,11 @@ from .models import head_counts, LAYOUT_ATTR
 from .gates import HeadState
 
 # %% auto #0
-__all__ = ['EVENT_KINDS', 'SCHEMA_VERSION', 'CHECKPOINT_FILES', 'RUN_FILES', 'RUN_MODES', 'CHECKPOINT_NAMES', 'RunFolderError',
-           'CheckpointError', 'LogFileError', 'Event', 'ExperimentLog', 'validate_log', 'new_run_id', 'save_checkpoint',
-           'load_checkpoint', 'run_checkpoints', 'latest_checkpoint', 'write_run_info', 'read_run_info',
-           'run_info_differences', 'prepare_run_folder']
+__all__ = ['EVENT_KINDS', 'SCHEMA_VERSION', 'CHECKPOINT_FILES', 'CHECKPOINT_NAMES', 'RUN_FILES', 'RUN_MODES', 'LOCK_FILE',
+           'RunFolderError', 'CheckpointError', 'LogFileError', 'Event', 'ExperimentLog', 'validate_log', 'new_run_id',
+           'save_checkpoint', 'load_checkpoint', 'run_checkpoints', 'resumable_checkpoint', 'cycles_begun',
+           'latest_checkpoint', 'write_run_info', 'read_run_info', 'recover_run_info', 'run_info_differences',
+           'RunFolderBusy', 'lock_holder', 'prepare_run_folder', 'RunLock', 'open_run_folder']
 
 # %% ../nbs/09_log.ipynb #8ec0d340
 class RunFolderError(ValueError):
@@ -31,14 +34,15 @@ class LogFileError(ValueError):
     "A `log.json` or `events.jsonl` file cannot be read as a log."
 
 def _write_atomic(path, text: str) -> Path:
-    "Write `text` to `path` through a temporary sibling, fsync'd, then renamed: readers see the old or the new file."
+    """Write `text` (UTF-8) to `path` through a temporary sibling, fsync'd, then renamed: readers see the old or the new file.
+    A failure (a full disk) leaves the old file and no temporary, and its `OSError` names `path`, not the temporary."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'{path.name}.tmp-{secrets.token_hex(4)}')
     try:
-        with open(tmp, 'w') as f: f.write(text); f.flush(); os.fsync(f.fileno())
+        with open(tmp, 'wb') as f: f.write(text.encode('utf-8')); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    except OSError as e: raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    finally: tmp.unlink(missing_ok=True)
     return path
 
 def _read_json(path, error=LogFileError, what: str = 'file', fix: str = '') -> dict:
@@ -205,6 +209,26 @@ def new_run_id(t: float | None = None) -> str:
     t = time.time() if t is None else t
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(t))}-{int(t * 1000) % 1000:03d}-{secrets.token_hex(3)}"
 
+def _sha256(path) -> str:
+    "The sha256 of the file at `path`, read in 1 MiB blocks."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
+
+def _files_problem(folder: Path, files: dict, checksums: dict | None = None) -> str | None:
+    "What is wrong with the `files` ({name: size}) of checkpoint `folder` — missing, another size, another sha256 — or None."
+    for name, size in files.items():
+        p = folder/name
+        if not p.is_file(): return f"{p} is missing: the checkpoint is incomplete"
+        if size is not None and p.stat().st_size != size:
+            return f"{p} is {p.stat().st_size} bytes, the checkpoint wrote {size}: it was truncated or changed"
+    for name, digest in (checksums or {}).items():
+        if (folder/name).is_file() and _sha256(folder/name) != digest:
+            return (f"{folder/name} does not match the sha256 written with it: its bytes changed on disk "
+                    "(a failing disk, a copy cut short, an edit)")
+    return None
+
 def _fsync_dir(path):
     "Make a rename inside `path` durable (no-op where directories cannot be opened, e.g. Windows)."
     try: fd = os.open(path, os.O_RDONLY)
@@ -226,8 +250,9 @@ def _write_checkpoint_files(tmp: Path, model, gates, log, extra, run_id, extra_f
     for p in tmp.iterdir():
         with open(p, 'rb+') as f: os.fsync(f.fileno())
     sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+    sums = {name: _sha256(tmp/name) for name in sizes}      # verified at load: a flipped bit is found, not loaded
     with open(tmp/'extra.json', 'w') as f:
-        f.write(json.dumps({**_plain(extra or {}), 'run_id': run_id, 'checkpoint_files': sizes}, indent=1))
+        f.write(json.dumps({**_plain(extra or {}), 'run_id': run_id, 'checkpoint_files': sizes, 'checksums': sums}, indent=1))
         f.flush(); os.fsync(f.fileno())
     _fsync_dir(tmp)
 
@@ -358,11 +383,8 @@ def load_checkpoint(folder, model, gates=None, run_id: str | None = None) -> tup
     # which files the checkpoint has, with their sizes (older checkpoints: whatever is there)
     files = extra.pop('checkpoint_files', None)
     if files is None: files = {n: None for n in CHECKPOINT_FILES if n != 'extra.json' and (folder/n).is_file()}
-    for name, size in files.items():
-        p = folder/name
-        if not p.is_file(): raise CheckpointError(f"{p} is missing: the checkpoint is incomplete. {_FIX_CK}")
-        if size is not None and p.stat().st_size != size:
-            raise CheckpointError(f"{p} is {p.stat().st_size} bytes, the checkpoint wrote {size}: it was truncated or changed. {_FIX_CK}")
+    problem = _files_problem(folder, files, extra.pop('checksums', None))    # sizes, then every file's sha256
+    if problem: raise CheckpointError(f"{problem}. {_FIX_CK}")
     if gates is not None and 'head_state.json' not in files:
         raise CheckpointError(f"{folder} has no head_state.json (it was saved without gates): load it with gates=None.")
     dims = _model_heads(model, gates)
@@ -398,18 +420,21 @@ def load_checkpoint(folder, model, gates=None, run_id: str | None = None) -> tup
     return log, extra
 
 # %% ../nbs/09_log.ipynb #56d3de54
+CHECKPOINT_NAMES = r'cycle-\d+|warmup|stopped|final'   # the checkpoint folders a run writes (and `--overwrite` may delete)
 _TMP = re.compile(r'^(?P<base>.+)\.tmp(-[0-9a-z-]+)?$')   # `log.json.tmp`, `cycle-2.tmp-1a2b3c4d`, `cycle-2.tmp-old-1a2b3c4d`
 
-def _checkpoint_step(folder: Path) -> int | None:
-    "The global step of the complete checkpoint `folder` (-1 if it records none), None if it is not one (cheap: no tensors read)."
-    if not folder.is_dir() or folder.is_symlink() or _TMP.match(folder.name): return None
+def _checkpoint_problem(folder: Path, verify: bool = False) -> str | None:
+    "Why `folder` is not a complete checkpoint (None if it is): sizes always, every file's sha256 too with `verify`."
     try: extra = json.loads((folder/'extra.json').read_text())
-    except (OSError, ValueError): return None
-    if not isinstance(extra, dict) or not (folder/'model.safetensors').is_file(): return None
-    for name, size in (extra.get('checkpoint_files') or {}).items():
-        p = folder/name
-        if not p.is_file() or (size is not None and p.stat().st_size != size): return None
-    step = extra.get('global_step', -1)
+    except (OSError, ValueError) as e: return f"{folder/'extra.json'} cannot be read ({getattr(e, 'strerror', None) or e})"
+    if not isinstance(extra, dict): return f"{folder/'extra.json'} is not a checkpoint's extra.json"
+    if not (folder/'model.safetensors').is_file(): return f"{folder/'model.safetensors'} is missing"
+    return _files_problem(folder, extra.get('checkpoint_files') or {}, extra.get('checksums') if verify else None)
+
+def _checkpoint_step(folder: Path) -> int | None:
+    "The global step of the complete checkpoint `folder` (-1 if it records none), None if it is not one (cheap: no checksums)."
+    if not folder.is_dir() or folder.is_symlink() or _TMP.match(folder.name) or _checkpoint_problem(folder): return None
+    step = json.loads((folder/'extra.json').read_text()).get('global_step', -1)
     return step if isinstance(step, int) else -1
 
 def run_checkpoints(out) -> list[Path]:
@@ -419,6 +444,25 @@ def run_checkpoints(out) -> list[Path]:
     found = [(step, (p/'extra.json').stat().st_mtime_ns, p.name, p) for p in out.iterdir()
              if (step := _checkpoint_step(p)) is not None]
     return [f[-1] for f in sorted(found)]
+
+def resumable_checkpoint(out) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint of the run folder `out` whose files are all as written (sizes and sha256 verified), and why
+    every checkpoint folder passed over was (damaged, truncated, incomplete): a resume says which it took and why."""
+    out, passed = Path(out), []
+    for p in sorted(out.iterdir()) if out.is_dir() else []:
+        if p.is_dir() and re.fullmatch(CHECKPOINT_NAMES, p.name) and _checkpoint_step(p) is None:
+            passed.append(f"{p.name} ({_checkpoint_problem(p)})")
+    for p in reversed(run_checkpoints(out)):
+        why = _checkpoint_problem(p, verify=True)
+        if why is None: return p, passed
+        passed.append(f"{p.name} ({why})")
+    return None, passed
+
+def cycles_begun(checkpoint) -> int:
+    "How many cycles the run had begun at `checkpoint` (its extra.json): those finished, or the one a stop interrupted."
+    extra = json.loads((Path(checkpoint)/'extra.json').read_text())
+    pos = extra.get('position') if isinstance(extra.get('position'), dict) else {}
+    return max(int(extra.get('next_cycle') or 0) - 1, int(pos.get('cycle') or 0))
 
 def latest_checkpoint(out) -> Path | None:
     "The newest complete checkpoint folder in the run folder `out` (highest `global_step`, then the latest written), or None."
@@ -436,12 +480,25 @@ def read_run_info(out) -> dict:
     "The run info in `out/run.json`; `RunFolderError` naming the file if it is missing or damaged."
     p = Path(out)/'run.json'
     if not p.is_file():
+        if latest_checkpoint(out) is not None:          # the checkpoints are intact: never advise deleting them
+            raise RunFolderError(f"{p} is missing, but the run's checkpoints in {out} are intact: resume it (--resume, resume=True) "
+                                 "and run.json is rebuilt from the newest checkpoint (`recover_run_info`).")
         raise RunFolderError(f"{p} does not exist: {out} holds no run written by this version (run.json names the run, "
                              "model and data). Start a new run there with --overwrite (overwrite=True), or choose another folder.")
     d = _read_json(p, RunFolderError, 'run file', "Restore it, or start the run again with --overwrite (overwrite=True).")
     if not isinstance(d.get('run_id'), str):
         raise RunFolderError(f"{p} has no run_id: it was not written by `write_run_info`. Start the run again with --overwrite (overwrite=True).")
     return d
+
+def recover_run_info(out) -> dict:
+    """A lost `out/run.json` rebuilt from the run's newest sound checkpoint: the copy of it every checkpoint keeps (`run_info`
+    in its extra.json); from an older checkpoint, the run id and settings only. `recovered`: where from, what is missing."""
+    folder, _ = resumable_checkpoint(out)
+    if folder is None: raise RunFolderError(f"{Path(out)/'run.json'} is missing and {out} holds no sound checkpoint to rebuild it from.")
+    extra = json.loads((folder/'extra.json').read_text())
+    if isinstance(extra.get('run_info'), dict): return {**extra['run_info'], 'recovered': {'from': str(folder), 'missing': []}}
+    return {'run_id': extra.get('run_id'), 'config': extra.get('config') or {}, 'created': None,
+            'recovered': {'from': str(folder), 'missing': ['model', 'corpus', 'data']}}
 
 def _flat(d, prefix: str = '') -> dict:
     "Nested dict → `{'a.b.c': value}` (lists and other values are leaves)."
@@ -458,10 +515,51 @@ def run_info_differences(saved: dict, now: dict, ignore=('config.cycles', 'confi
     return [f"{k}: {_show(a.get(k, _MISSING))} -> {_show(b.get(k, _MISSING))}"
             for k in sorted(set(a) | set(b)) if not skip(k) and a.get(k, _MISSING) != b.get(k, _MISSING)]
 
+# %% ../nbs/09_log.ipynb #f9e55562
+class RunFolderBusy(RunFolderError):
+    "Another writer (a `sentinel run`, a runner, a panel) holds the run folder."
+
+def _holder_text(h: dict) -> str:
+    who = 'this process' if h.get('pid') == os.getpid() and h.get('host') == socket.gethostname() else f"process {h.get('pid')} on {h.get('host')}"
+    return f"{who} since {h.get('since')} ({h.get('what') or 'a run'})"
+
+def _read_holder(fd) -> dict:
+    "The holder record in the lock file open as `fd` ({} if empty or unreadable)."
+    os.lseek(fd, 0, os.SEEK_SET)
+    try: d = json.loads(os.read(fd, 65536).decode() or '{}')
+    except (ValueError, UnicodeDecodeError): return {}
+    return d if isinstance(d, dict) else {}
+
+def _same_file(fd, path: Path) -> bool:
+    try: return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError: return False
+
+def _busy(out, holder: dict) -> RunFolderBusy:
+    return RunFolderBusy(f"the run folder {out} is being written by {_holder_text(holder)}: one writer at a time. Wait for "
+                         "that run to end or stop it (Ctrl-C in its terminal, Stop in its panel), or write to another folder "
+                         "(--out). Reading the folder needs no lock (sentinel report, Workbench.open).")
+
+def lock_holder(out) -> dict | None:
+    "Who writes the run folder `out` now (their `writer.lock` record), or None: a look, not a lock (held for microseconds)."
+    path = Path(out)/LOCK_FILE
+    if fcntl is None or not path.is_file(): return None
+    try: fd = os.open(path, os.O_RDONLY)
+    except OSError: return None
+    try: fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError: return _read_holder(fd) or {'what': 'a writer that has not said who it is yet'}
+    else: fcntl.flock(fd, fcntl.LOCK_UN); return None
+    finally: os.close(fd)
+
+def _pid_alive(pid) -> bool:
+    try: os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError): return False
+    except PermissionError: return True
+    return True
+
 # %% ../nbs/09_log.ipynb #e14b2d9d
 RUN_FILES = ('run.json', 'events.jsonl', 'log.json', 'report.html')   # report.html: written by `report.export_report`
 RUN_MODES = ('new', 'resume', 'overwrite')
-CHECKPOINT_NAMES = r'cycle-\d+|warmup|stopped|final'   # the checkpoint folders a run writes (and `--overwrite` may delete)
+LOCK_FILE = 'writer.lock'    # in a run folder while a writer holds it (`RunLock`); never counted, never deleted here
 
 def _is_checkpoint_dir(p: Path) -> bool:
     "A folder named like a run's checkpoint (`CHECKPOINT_NAMES`, or a `.tmp` of one) holding nothing but checkpoint files."
@@ -481,6 +579,7 @@ def _run_entries(out: Path) -> tuple[list[Path], list[Path]]:
     "Split the entries of `out` into `(written by a run, anything else)`."
     ours, theirs = [], []
     for p in sorted(out.iterdir()):
+        if p.name == LOCK_FILE: continue      # the writer's lock: neither the run's to delete nor the user's
         m = _TMP.match(p.name)
         run_file = p.is_file() and not p.is_symlink() and (p.name in RUN_FILES or (m is not None and m['base'] in RUN_FILES))
         (ours if run_file or _is_checkpoint_dir(p) else theirs).append(p)
@@ -538,8 +637,9 @@ def prepare_run_folder(out, mode: str = 'new', dry_run: bool = False) -> Path:
         try: _check_writable(out)
         except RunFolderError: out.rmdir(); raise
         return out
+    if dry_run and (holder := lock_holder(out)): raise _busy(out, holder)   # busy is the news, not what it holds right now
     _check_writable(out)
-    entries = sorted(out.iterdir())
+    entries = sorted(p for p in out.iterdir() if p.name != LOCK_FILE)
     if mode == 'new' and entries:
         raise RunFolderError(f"the run folder {out} is not empty ({_describe(out, entries)}). Continue that run with --resume "
                              "(resume=True), replace it with --overwrite (overwrite=True), or choose another folder.")
@@ -554,7 +654,7 @@ def prepare_run_folder(out, mode: str = 'new', dry_run: bool = False) -> Path:
             if p.is_dir(): shutil.rmtree(p)
             else: p.unlink()
     if mode == 'resume':
-        read_run_info(out)
+        if (out/'run.json').exists() or latest_checkpoint(out) is None: read_run_info(out)   # a lost run.json: rebuilt on resume
         swaps = _interrupted_swaps(out)
         if latest_checkpoint(out) is None and not swaps:
             raise RunFolderError(f"there is nothing to resume in {out}: it holds no complete checkpoint "
@@ -562,3 +662,76 @@ def prepare_run_folder(out, mode: str = 'new', dry_run: bool = False) -> Path:
         if dry_run: return out
         for aside, folder in swaps: os.rename(aside, folder)   # a kill between save_checkpoint's two renames: put the old one back
     return out
+
+# %% ../nbs/09_log.ipynb #45a01732
+class RunLock:
+    "One writer per run folder: an exclusive lock on `out/writer.lock` that names its holder; the OS frees it when the holder dies."
+    def __init__(self, out, what: str = ''):
+        self.out, self.what, self.fd, self.took_over = Path(out), what or ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200], None, None
+
+    @property
+    def path(self) -> Path: return self.out/LOCK_FILE
+
+    def _take(self) -> int | None:
+        "The locked file descriptor, or None if another writer holds the lock (its record in `self.holder`)."
+        try: fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e: raise RunFolderError(f"cannot write in the run folder {self.out} ({e.strerror or e}): choose a "
+                                                  "folder you can write to, or fix its permissions.") from None
+        if fcntl is not None:
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError: self.holder = _read_holder(fd); os.close(fd); return None
+        else:                                     # no flock (Windows): a holder record whose process lives on this host
+            h = _read_holder(fd)
+            if h and (h.get('host') != socket.gethostname() or _pid_alive(h.get('pid'))): self.holder = h; os.close(fd); return None
+        return fd
+
+    def acquire(self) -> 'RunLock':
+        "Take the folder, or raise `RunFolderBusy` naming its holder; a lock left by a dead process is taken over with a warning."
+        if self.fd is not None: return self
+        self.out.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            for wait in (0.02, 0.05, 0.1, None):         # a `lock_holder` look holds it for microseconds: that is no writer
+                if (fd := self._take()) is not None or wait is None: break
+                time.sleep(wait)
+            if fd is None: raise _busy(self.out, self.holder)
+            if _same_file(fd, self.path): break   # else its holder removed the file between our open and lock: again
+            os.close(fd)
+        else: raise RunFolderBusy(f"could not lock {self.path}: it keeps being replaced by another writer; try again")
+        left = _read_holder(fd)
+        if left:
+            self.took_over = left
+            warnings.warn(f"took over the run folder {self.out}: its lock was left by {_holder_text(left)}, which no longer runs")
+        me = {'pid': os.getpid(), 'host': socket.gethostname(), 'since': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'what': self.what}
+        os.ftruncate(fd, 0); os.lseek(fd, 0, os.SEEK_SET); os.write(fd, json.dumps(me).encode()); os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self):
+        "Let the folder go (removes `writer.lock`); a no-op when not held."
+        if self.fd is None: return
+        try:
+            if _same_file(self.fd, self.path): self.path.unlink()
+        finally: os.close(self.fd); self.fd = None
+
+    @property
+    def held(self) -> bool: return self.fd is not None
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+    def __del__(self):
+        try: self.release()
+        except Exception: pass
+
+def open_run_folder(out, mode: str = 'new', what: str = '') -> tuple[Path, RunLock]:
+    "The run folder `out` locked for this writer, then checked and prepared for `mode` under the lock (`prepare_run_folder`)."
+    existed = Path(out).is_dir()
+    # a folder that is there: its writer first (a run still writing it is the news, not what it holds yet); one that is
+    # not: every refusal of the mode before anything is created
+    if not existed: prepare_run_folder(out, mode, dry_run=True)
+    lock = RunLock(out, what).acquire()
+    try: return prepare_run_folder(out, mode), lock
+    except BaseException:
+        lock.release()
+        if not existed:
+            try: Path(out).rmdir()                        # the lock made it; it holds nothing
+            except OSError: pass
+        raise

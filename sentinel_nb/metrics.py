@@ -9,13 +9,14 @@ from contextlib import contextmanager
 from typing import Iterable
 import torch
 import torch.nn.functional as F
+from transformers import LogitsProcessor, LogitsProcessorList
 from .models import attention_weights
 
 # %% auto #0
 __all__ = ['model_device', 'eval_mode', 'forward_logits', 'shifted_nll', 'batch_labels', 'batch_nll', 'nll_and_count',
-           'nll_to_perplexity', 'perplexity', 'sliding_window_nll', 'sliding_window_perplexity', 'generate_samples',
-           'words', 'ngrams', 'degeneration_metrics', 'induction_batch', 'induction_score', 'induction_head_scores',
-           'evaluate']
+           'nll_to_perplexity', 'perplexity', 'sliding_window_nll', 'sliding_window_perplexity', 'NonFiniteLogitsError',
+           'generate_samples', 'words', 'ngrams', 'degeneration_metrics', 'induction_batch', 'induction_score',
+           'induction_head_scores', 'evaluate']
 
 # %% ../nbs/04_metrics.ipynb #738792cb
 def model_device(model) -> torch.device:
@@ -136,14 +137,31 @@ def _encode_left_padded(tokenizer, prompts: list[str], device) -> tuple[dict, in
     mask = torch.tensor([[0] * (n - len(e)) + [1] * len(e) for e in encoded], device=device)  # [batch, pos]
     return {'input_ids': ids, 'attention_mask': mask}, pad_id
 
+class NonFiniteLogitsError(ValueError):
+    "The model's next-token scores hold NaN or +inf (or rule out every token): no token can be drawn from them."
+
+class _FiniteScores(LogitsProcessor):
+    "Last in `generate`'s list: refuse scores that `torch.multinomial` (or `argmax`) cannot use, naming the prompt."
+    def __init__(self, prompts: list[str]): self.prompts, self.n = prompts, 0
+    def __call__(self, input_ids, scores):                                  # scores [batch, vocab], after the warpers
+        bad = scores.isnan().any(-1) | scores.isposinf().any(-1) | scores.isneginf().all(-1)   # [batch]
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise NonFiniteLogitsError(f"cannot sample a continuation of {self.prompts[i]!r}: the model's next-token logits are "
+                                       f"not finite (NaN or inf at new token {self.n + 1}), so its weights have diverged or its "
+                                       "activations overflow in this precision; lower the learning rate, or measure in float32")
+        self.n += 1
+        return scores
+
 def generate_samples(model, tokenizer, prompts: list[str] | str, max_new_tokens: int = 40, seed: int = 0,
                      do_sample: bool = True, temperature: float = 0.8, top_k: int = 50, top_p: float | None = None,
                      device=None) -> list[dict]:
-    "Continue each prompt; returns `[{'prompt', 'text'}]` with `text` the decoded continuation. Same seed, same text."
+    "Continue each prompt; returns `[{'prompt', 'text'}]` with `text` the decoded continuation. Same seed, same text. Non-finite logits: `NonFiniteLogitsError`."
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     device = torch.device(device) if device is not None else model_device(model)
     inputs, pad_id = _encode_left_padded(tokenizer, prompts, device)
-    kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id)
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
+              logits_processor=LogitsProcessorList([_FiniteScores(prompts)]))   # a clear error, not multinomial's
     if do_sample: kw.update(temperature=temperature, top_k=top_k, **({'top_p': top_p} if top_p is not None else {}))
     else: kw.update(temperature=None, top_k=None, top_p=None)  # silence the "flags ignored when greedy" warnings
     devices = [device] if device.type == 'cuda' else []
@@ -253,7 +271,7 @@ def induction_head_scores(model, ids: torch.Tensor, seq_len: int, start: int = 0
 def evaluate(model, batches: Iterable[dict], tokenizer=None, prompts: list[str] | None = None, device=None,
              max_batches: int | None = None, induction: bool | dict = True, generate_kwargs: dict | None = None,
              ngram: int = 3) -> dict:
-    "Flat dict of `perplexity`, `nll`, `n_tokens`, induction probe (on spans of `batches`) and, with `tokenizer` and `prompts`, samples + degeneration."
+    "Flat dict of `perplexity`, `nll`, `n_tokens`, induction probe (on spans of `batches`) and, with `tokenizer` and `prompts`, samples + degeneration (no samples and a `not_finite` note where the logits are not finite)."
     batches = list(batches if max_batches is None else itertools.islice(batches, max_batches))  # read once, used twice
     total, count = nll_and_count(model, batches, device=device)
     res = {'perplexity': nll_to_perplexity(total / count) if count else float('nan'), 'nll': total / count if count else float('nan'),
@@ -263,7 +281,7 @@ def evaluate(model, batches: Iterable[dict], tokenizer=None, prompts: list[str] 
         ind = induction_score(model, device=device, **kw)
         res.update(induction_score=ind['score'], induction_loss_first=ind['loss_first'], induction_loss_second=ind['loss_second'])
     if tokenizer is not None and prompts:
-        samples = generate_samples(model, tokenizer, prompts, device=device, **(generate_kwargs or {}))
-        res['samples'] = samples
-        res.update(degeneration_metrics([s['text'] for s in samples], n=ngram))
+        try: samples = generate_samples(model, tokenizer, prompts, device=device, **(generate_kwargs or {}))
+        except NonFiniteLogitsError as e: res.update(samples=[], not_finite=str(e))   # no text to judge: say why, no crash
+        else: res['samples'] = samples; res.update(degeneration_metrics([s['text'] for s in samples], n=ngram))
     return res

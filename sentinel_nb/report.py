@@ -12,7 +12,7 @@ import pandas as pd
 import plotly
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
-from .log import ExperimentLog, Event, LogFileError, run_checkpoints
+from .log import ExperimentLog, Event, LogFileError, run_checkpoints, _check_writable, _nearest_existing, _write_atomic
 from .models import load_model
 from .viz import (as_log, timeline, head_map, head_history_map, score_maps, decision_views, metrics_table, head_label,
                   against_control, _phase_name, _state_events, _config)
@@ -20,8 +20,8 @@ from .views import (generations_table, attention_patterns, attention_mosaic, ent
                                load_checkpoint_model)
 
 # %% auto #0
-__all__ = ['REPORT_NAME', 'ATTENTION_PROMPT', 'report_inputs', 'reproduce_command', 'visible', 'esc', 'generations_frame',
-           'events_frame', 'export_report']
+__all__ = ['REPORT_NAME', 'ATTENTION_PROMPT', 'REPORT_MARKER', 'report_inputs', 'reproduce_command', 'visible', 'esc',
+           'generations_frame', 'events_frame', 'is_report', 'check_report_path', 'export_report']
 
 # %% ../nbs/14_report.ipynb #990dee9a
 REPORT_NAME = 'report.html'      # what `sentinel run` leaves in --out
@@ -232,6 +232,35 @@ def _attention(log: ExperimentLog, info: dict, folder, figs: _Figures, model=Non
                   '<p class="muted">no grown head is active in the last checkpoint</p>'))
     return ''.join(parts)
 
+# %% ../nbs/14_report.ipynb #923959cb
+REPORT_MARKER = '<meta name="generator" content="sentinel_nb report">'   # in every report's <head>: the file may be replaced
+
+_LEGACY_HEAD = b'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>'   # reports written before the marker
+
+def is_report(path) -> bool:
+    "Whether the file `path` is a report this project wrote: `REPORT_MARKER` in its first bytes (or, older ones, its head and CSS)."
+    try:
+        with open(path, 'rb') as f: head = f.read(8192)
+    except OSError: return False
+    return REPORT_MARKER.encode() in head or (head.startswith(_LEGACY_HEAD) and _CSS.strip()[:120].encode() in head)
+
+def check_report_path(path, what: str = 'report path') -> Path:
+    """`path` as a place a report may be written, or an error naming `what` (the setting) and how to fix it: a file name
+    (not a folder), not under a file, in a folder that can be written to, and no existing file but a report."""
+    path = Path(path)
+    if not str(path).strip() or path.name in ('', '.', '..'): raise ValueError(f"{what} {str(path)!r} is no file name: give one, e.g. {REPORT_NAME}")
+    if path.is_dir(): raise IsADirectoryError(f"{what} {path} is a folder: give a file name, e.g. {path/REPORT_NAME}")
+    if path.exists() and not is_report(path):
+        raise FileExistsError(f"{what} {path} exists and is not a report written by sentinel_nb: it is never written over "
+                              "(it may be a run's run.json, a checkpoint or your file). Give a new file name, or move that file away.")
+    parent = _nearest_existing(path.parent)
+    if not parent.is_dir(): raise NotADirectoryError(f"{what} {path} is under {parent}, which is a file: give a path in a folder")
+    _check_writable(parent, f'the folder of {what} {path}:')
+    return path
+
+_write_report = _write_atomic    # the log's one atomic writer: a temporary sibling renamed at the end, removed on a failure
+
+
 # %% ../nbs/14_report.ipynb #7e987a5b
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -272,7 +301,7 @@ def _page(title: str, subtitle: str, tabs: dict[str, str]) -> str:
     ids = {name: name.lower() for name in tabs}
     nav = ''.join(f'<button type="button" data-tab="{ids[n]}">{esc(n)}</button>' for n in tabs)
     sections = ''.join(f'<section class="tab" id="tab-{ids[n]}" hidden>{body}</section>' for n, body in tabs.items())
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{REPORT_MARKER}<title>{esc(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style>'
             f'<script id="plotly-js">{get_plotlyjs()}</script></head><body>'
             f'<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><nav>{nav}</nav>{sections}'
@@ -288,8 +317,7 @@ def export_report(run, path, title: str | None = None, attention: bool = True, m
     object the run started from, with its `tokenizer`; default: the model named in run.json) for `prompt` (default: the
     run's first prompt)."""
     log, info, folder = report_inputs(run)
-    path = Path(path)
-    if path.is_dir(): raise IsADirectoryError(f"report path {path} is a folder: give a file name, e.g. {path/REPORT_NAME}")
+    path = check_report_path(path)                  # before any work: never written over a file that is not a report
     named = info.get('model'); named = named.get('name') if isinstance(named, dict) else named
     corpus = info.get('corpus')
     title = title or 'sentinel_nb run' + (f' of {named}' if named else '') + (f' on {corpus}' if corpus else '')
@@ -304,7 +332,4 @@ def export_report(run, path, title: str | None = None, attention: bool = True, m
             'Events': _table([_event_row(i, e) for i, e in enumerate(log.events)], 'events'),
             'Environment': _environment(log, info)}
     subtitle = f"{len(log.events)} events · run {info.get('run_id') or log.run_id or 'unknown'}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(_page(title, subtitle, tabs), encoding='utf-8'); tmp.replace(path)   # never a half-written report
-    return path
+    return _write_report(path, _page(title, subtitle, tabs))

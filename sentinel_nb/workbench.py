@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 import plotly.graph_objects as go
 import ipywidgets as W
+from traitlets import TraitError
 from IPython.display import display, HTML
 from fastcore.basics import patch
 from .models import OFFLINE_NAMES, head_counts, load_model
@@ -58,8 +59,16 @@ SETTINGS = {
 }
 
 def _setting_widgets(values: dict) -> dict:
-    "One widget per setting, holding `values`."
-    return {k: make(values[k]) for k, (_, make) in SETTINGS.items()}
+    "One widget per setting, holding `values`; a value its widget cannot hold is a `ValueError` naming the setting and what fits."
+    widgets = {}
+    for k, (default, make) in SETTINGS.items():
+        try: widgets[k] = make(values[k])
+        except TraitError:
+            w = make(default)
+            fits = (f"one of {', '.join(map(repr, w.options))}" if isinstance(w, W.Dropdown) else
+                    {bool: 'True or False', int: 'a whole number', float: 'a number'}.get(type(default), 'a string'))
+            raise ValueError(f"{k}={values[k]!r} is not a setting the panel can hold: give {fits} (default {default!r})") from None
+    return widgets
 
 def _argv(s: dict, mode: str, extra: dict | None = None) -> list[str]:
     "The `sentinel run` arguments of the panel's settings `s` (and `extra` PlasticityConfig fields): the panel and the command line share every check."
@@ -299,7 +308,8 @@ def start(self: Workbench, mode: str | None = None) -> Workbench:
         cfg = PlasticityConfig(**ready['config'])
         runner = PlasticityRunner(ready['model'], ready['data'], ready['tokenizer'], cfg, on_step=self._on_step_record,
                                   on_phase=self._on_phase, control=self.control, progress=False, run_info=ready['run_info'])
-        runner.open(s['out'], resume=True if mode == 'resume' else None, overwrite=mode == 'overwrite')
+        runner.open(s['out'], resume=True if mode == 'resume' else None, overwrite=mode == 'overwrite',
+                    writer=f"a workbench panel ({s['model']} on {s['corpus']})")   # one writer: a second panel is refused
     except BaseException:
         self.state = 'idle' if self.log is None else 'failed'; self._sync_buttons(); raise
     self._release()                                   # the last run's model lets go of its gates once the new run is ready

@@ -269,12 +269,28 @@ def test_resume_with_other_settings(capsys, run_copy, text_file):
     assert tree_hash(run_copy) == before
 
 def test_resume_corrupt_log(capsys, run_copy, text_file):
+    "The newest checkpoint damaged (same size): --resume takes the one before, saying which it passed over and why."
     log = run_copy/'cycle-1'/'log.json'
     log.write_text('{' + 'x' * (log.stat().st_size - 1))        # same size, not JSON
-    before = tree_hash(run_copy)
-    line = error_line(capsys, ['run', '--out', str(run_copy), '--resume', '--corpus', str(text_file), *TINY_RUN], alone=False)
-    assert 'log.json' in line, line
-    assert tree_hash(run_copy) == before
+    rc = main(['run', '--out', str(run_copy), '--resume', '--corpus', str(text_file), *TINY_RUN, '--cycles', '1', '--no-report'])
+    err = capsys.readouterr().err
+    warned = [l for l in err.splitlines() if l.startswith('sentinel: warning: resuming from warmup, not from cycle-1')]
+    assert rc == 0 and len(warned) == 1 and 'log.json does not match the sha256' in warned[0], err
+    assert 'Traceback' not in err and 'UserWarning' not in err, err     # one line, not Python's warning format
+    assert json.loads((run_copy/'cycle-1'/'log.json').read_text())['run_id']   # cycle 1 run again from warm-up, sound now
+
+def test_resume_with_run_json_lost_rebuilds_it(capsys, run_copy, text_file):
+    "A lost run.json: --resume rebuilds it from the checkpoints (settings included) instead of advising --overwrite."
+    lost = json.loads((run_copy/'run.json').read_text())
+    (run_copy/'run.json').unlink()
+    shutil.rmtree(run_copy/'cycle-1')                               # work left: cycle 1 from the warm-up checkpoint
+    rc = main(['run', '--out', str(run_copy), '--resume', '--corpus', str(text_file), '--no-report'])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert 'sentinel: warning:' in err and 'run.json was missing: rebuilt from' in err, err
+    rebuilt = json.loads((run_copy/'run.json').read_text())
+    assert rebuilt['run_id'] == lost['run_id'] and rebuilt['data'] == lost['data'] and rebuilt['corpus'] == lost['corpus']
+    assert 'cannot be checked' not in err                           # the checkpoints keep a copy of run.json: nothing is guessed
 
 def test_resume_truncated_checkpoint(capsys, run_copy, text_file):
     weights = run_copy/'cycle-1'/'model.safetensors'

@@ -49,8 +49,9 @@ def weights(m): return {k: v.clone() for k, v in m.state_dict().items()}
 def same(a: dict, b: dict) -> bool: return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 def fix_size(folder, name):
-    "Record `name`'s new size in extra.json, so a deliberately changed file gets past the size check to the deeper ones."
+    "Record `name`'s new size and sha256 in extra.json, so a deliberately changed file gets past those checks to the deeper ones."
     ex = json.loads((folder/'extra.json').read_text()); ex['checkpoint_files'][name] = (folder/name).stat().st_size
+    ex['checksums'][name] = hashlib.sha256((folder/name).read_bytes()).hexdigest()
     (folder/'extra.json').write_text(json.dumps(ex))
 
 def edit_json(folder, name, fn):
@@ -277,6 +278,8 @@ def test_run_ids_of_the_files_must_agree(tmp_path):
     folder, *_ = make_run(tmp_path/'a', run_id=RUN_A)
     other, *_ = make_run(tmp_path/'b', run_id=RUN_B, seed=4)
     shutil.copy(other/'model.safetensors', folder/'model.safetensors')             # new weights beside the old log and head state
+    refused_without_loading(folder, 'does not match the sha256')                  # the checksum notices first
+    fix_size(folder, 'model.safetensors')                                           # past it (extra.json edited too): the run ids
     msg = refused_without_loading(folder, 'belong to different runs')
     assert f'model.safetensors: {RUN_B}' in msg and f'log.json: {RUN_A}' in msg
     refused_without_loading(other, f'belongs to run {RUN_B}, not to this run ({RUN_A})', run_id=RUN_A)
@@ -318,7 +321,10 @@ def test_truncated_or_corrupt_files_are_named(tmp_path, name, damage):
     msg = refused_without_loading(folder, str(p))
     if name == 'extra.json': assert 'is not valid JSON' in msg
     elif damage == 'truncate': assert 'bytes, the checkpoint wrote' in msg and 'truncated' in msg
-    else: assert ('cannot be read' if name.endswith('safetensors') else 'is not valid JSON') in msg
+    else:                                             # same size: the sha256 notices; past it, the parser does
+        assert 'does not match the sha256' in msg
+        fix_size(folder, name)
+        assert ('cannot be read' if name.endswith('safetensors') else 'is not valid JSON') in refused_without_loading(folder, str(p))
     if name != 'extra.json' and damage == 'truncate':                              # past the size check, the parser notices
         fix_size(folder, name); refused_without_loading(folder, str(p))
 

@@ -36,7 +36,12 @@ def test_a_physical_run_saves_the_model_it_already_is(tmp_path, capsys):
     assert ' parameters)' in err and (out/'cycle-1'/'head_layout.json').exists()   # the run shrank the model as it went
     small, _ = load_model(saved)
     assert layout_of(small) == layout_of(load_checkpoint_model(out/'cycle-1', 'sentinel-tiny'))
-    assert sum(p.numel() for p in small.parameters()) == pruned['parameters'] == pruned['parameters_before']   # nothing left to remove
+    assert sum(p.numel() for p in small.parameters()) == pruned['parameters']
+    # the message compares with the model the run started from (not with the already-pruned model: "(0 removed)")
+    full = sum(p.numel() for p in load_model('sentinel-tiny')[0].parameters())
+    assert pruned['parameters_before'] == full > pruned['parameters']
+    assert (f"{pruned['parameters']:,} parameters, {full - pruned['parameters']:,} fewer than the {full:,} the run started with"
+            in err), err
 
 def test_save_pruned_into_a_full_folder_is_refused_before_the_run(tmp_path, capsys):
     full = tmp_path/'full'; full.mkdir(); (full/'x.txt').write_text('mine')

