@@ -18,7 +18,8 @@ import argparse, copy, json, math, platform, statistics, sys, time
 from datetime import datetime, timezone
 from pathlib import Path
 import torch
-from sentinel_nb.models import load_model, head_counts, set_attention
+from sentinel_nb.models import head_counts, set_attention
+from sentinel_nb.loading import load_model
 from sentinel_nb.data import load_corpus, get_dataloaders
 from sentinel_nb.gates import HeadGates
 from sentinel_nb.importance import head_importance

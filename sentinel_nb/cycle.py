@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_cycle.ipynb #c4e5eec4
 from __future__ import annotations
-import copy, hashlib, itertools, math, random, shutil, signal, sys, threading, time, warnings
+import copy, hashlib, itertools, math, random, shutil, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -12,7 +12,6 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import seed_everything, autocast, mixed_precision_for
 from .gates import HeadGates
@@ -26,11 +25,12 @@ from .log import (ExperimentLog, CheckpointError, RunFolderError, new_run_id, pr
                              read_run_info, run_info_differences, latest_checkpoint, save_checkpoint, load_checkpoint,
                              open_run_folder, resumable_checkpoint, recover_run_info, cycles_begun)
 from .physical import layout_of, prune_physically, insert_heads
+# RunControl, INTERRUPTED and Callback are imported from here too (`from sentinel_nb.cycle import RunControl`), as before
+from .callbacks import RunControl, ctrl_c_stops, INTERRUPTED, Callback, Callbacks, FunctionCallback, ProgressBar
 
 # %% auto #0
-__all__ = ['INTERRUPTED', 'DEFAULT_PROMPTS', 'MIXED_PRECISION_CHOICES', 'TRAINER_FILE', 'loss_improvement', 'loss_plateaued',
-           'RunControl', 'ctrl_c_stops', 'PlasticityConfig', 'data_fingerprint', 'dense_copy', 'PlasticityRunner',
-           'run_plasticity']
+__all__ = ['DEFAULT_PROMPTS', 'MIXED_PRECISION_CHOICES', 'TRAINER_FILE', 'loss_improvement', 'loss_plateaued', 'PlasticityConfig',
+           'seeded_loader', 'take_batches', 'data_fingerprint', 'dense_copy', 'PlasticityRunner', 'run_plasticity']
 
 # %% ../nbs/10_cycle.ipynb #7f295181
 def loss_improvement(losses: list[float], window: int = 20) -> dict:
@@ -50,47 +50,6 @@ def loss_plateaued(losses: list[float], window: int = 20, threshold: float = 1e-
     r = loss_improvement(losses, window)
     if math.isnan(r['drop']): return False                               # fewer than two windows: too early to tell
     return r['drop'] < r['se'] or r['relative'] < threshold
-
-# %% ../nbs/10_cycle.ipynb #f796c1cc
-class RunControl:
-    "Pause / resume / stop a running `run_plasticity` between steps (thread-safe); `reset` readies it for another run."
-    def __init__(self):
-        self._go, self._stop, self._lock = threading.Event(), threading.Event(), threading.Lock(); self._go.set()
-        self.reason: str | None = None                     # why the run was asked to stop (the first reason given)
-        self.stops = 0                                     # stop() calls so far: a runner tells a leftover stop from a new one
-    def pause(self): self._go.clear()
-    def resume(self): self._go.set()
-    def stop(self, reason: str = 'stopped by the user'):
-        with self._lock:
-            if not self._stop.is_set(): self.reason = reason
-            self._stop.set(); self._go.set(); self.stops += 1
-    def reset(self):
-        "Clear a stop (and its reason) and a pause, so that this control can drive another run."
-        with self._lock: self._stop.clear(); self._go.set(); self.reason = None
-    @property
-    def paused(self) -> bool: return not self._go.is_set()
-    @property
-    def stopped(self) -> bool: return self._stop.is_set()
-    def check(self, poll: float = 0.1) -> bool:
-        "Block while paused; True when the run should stop."
-        while not self._go.wait(poll): pass
-        return self._stop.is_set()
-
-INTERRUPTED = 'interrupted (Ctrl-C / SIGINT)'
-
-@contextmanager
-def ctrl_c_stops(control: RunControl):
-    "Inside the block (main thread only), a first SIGINT asks `control` to stop; a second raises `KeyboardInterrupt`."
-    if threading.current_thread() is not threading.main_thread(): yield control; return   # signals reach the main thread only
-    presses = []
-    def on_sigint(signum, frame):
-        presses.append(time.time())
-        if len(presses) > 1: raise KeyboardInterrupt
-        print("\nstopping at the next step with a checkpoint (Ctrl-C again to abort without one)", file=sys.stderr, flush=True)
-        control.stop(INTERRUPTED)
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try: yield control
-    finally: signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 # %% ../nbs/10_cycle.ipynb #e3d574d2
 DEFAULT_PROMPTS = ['To be, or not to be,', 'My lord, the king', 'What light through yonder window']
@@ -201,12 +160,12 @@ def _head_pairs(protected) -> list[list[int]]:
     return [[int(l), int(h)] for l, h in protected]
 
 # %% ../nbs/10_cycle.ipynb #195b9886
-def _loader(base: DataLoader, seed: int, shuffle: bool = True) -> DataLoader:
+def seeded_loader(base: DataLoader, seed: int, shuffle: bool = True) -> DataLoader:
     "A loader over `base`'s dataset with its batch size and collate function, order fixed by `seed`."
     return DataLoader(base.dataset, batch_size=base.batch_size, shuffle=shuffle, collate_fn=base.collate_fn,
                       generator=torch.Generator().manual_seed(seed))
 
-def _take(loader: DataLoader, n: int) -> list[dict]:
+def take_batches(loader: DataLoader, n: int) -> list[dict]:
     "The first `n` batches of `loader`."
     return list(itertools.islice(loader, n))
 
@@ -283,9 +242,12 @@ class PlasticityRunner:
     "Runs warm-up and plasticity cycles on `model` with `data`, writing events to `log` (see `run_plasticity`)."
     def __init__(self, model, data: dict, tokenizer=None, config: PlasticityConfig | None = None,
                  on_step: Callable | None = None, on_phase: Callable | None = None, on_event: Callable | None = None,
-                 control: RunControl | None = None, progress: bool = True, run_info: dict | None = None):
+                 control: RunControl | None = None, progress: bool = True, run_info: dict | None = None, callbacks=()):
         self.model, self.data, self.tok, self.cfg = model, data, tokenizer, config or PlasticityConfig()
-        self.on_step, self.on_phase, self.control, self.progress = on_step, on_phase, control or RunControl(), progress
+        self.control, self.progress = control or RunControl(), progress
+        # the plain functions are one callback among the others; callbacks steer only through `control` (the flow)
+        self.callbacks = Callbacks([FunctionCallback(on_step, on_phase, on_event), *([ProgressBar()] if progress else []), *callbacks])
+        self._current = None            # the phase going on (name, cycle): after_phase is fired when the next one begins
         self.given_info = dict(run_info or {})
         self._stops_before = self.control.stops           # a control stopped by then is a leftover: cleared when the run starts
         self._check(model, data)
@@ -297,7 +259,7 @@ class PlasticityRunner:
         self.gates = _installed_gates(model)
         self.own_gates = self.gates is None
         if self.own_gates: self.gates = HeadGates(model).install()
-        self.log = ExperimentLog({'plasticity': asdict(self.cfg)}, on_event=[on_event] if on_event else [])
+        self.log = ExperimentLog({'plasticity': asdict(self.cfg)}, on_event=[lambda e: self.callbacks.fire('on_event', self, e)])
         self.out, self.run_id, self.run_dir, self.lock = None, None, None, None   # lock: the run folder's, while this runner writes it
         self.info = None                # what run.json holds; every checkpoint keeps a copy, so a lost run.json can be rebuilt
         self.global_step, self.next_cycle, self.teacher = 0, 0, None   # next_cycle 0: the warm-up is still to do
@@ -372,7 +334,7 @@ class PlasticityRunner:
         if fork: self.run_dir = prepare_run_folder(run_dir, 'resume')          # only read: the new folder is the one written
         else: self.run_dir, self.lock = open_run_folder(run_dir, 'resume', writer)
         try: return self._resume(out, folder, fork, writer)
-        except BaseException: self._unlock(); raise
+        except BaseException: self.unlock(); raise
 
     def _resume(self, out, folder: Path | None, fork: bool, writer: str) -> 'PlasticityRunner':
         "The checkpoint `folder` (None: the newest sound one) of `self.run_dir` checked against this run and loaded."
@@ -411,7 +373,7 @@ class PlasticityRunner:
                      info={'folder': str(folder), 'phase': pos['phase'] if pos else None})
         return self
 
-    def _unlock(self):
+    def unlock(self):
         "Let the run folder go (another writer may take it)."
         if self.lock is not None: self.lock.release()
 
@@ -456,7 +418,17 @@ class PlasticityRunner:
 
     # --- pieces ------------------------------------------------------------------------------------------
     def _phase(self, name: str, cycle: int):
-        if self.on_phase: self.on_phase(name, cycle)
+        "Phase `name` of `cycle` begins: the one before it has ended (after_phase), then before_phase; the flow may pause here."
+        if self._current: self.callbacks.fire('after_phase', self, *self._current)
+        self._current = (name, cycle)
+        self.callbacks.fire('before_phase', self, name, cycle)
+        if self.control.pause_at_phase: self.control.pause_at_phase = False; self.control.pause()
+
+    def _flow(self, name: str, default, taken: dict):
+        "What a callback set for `name` through the flow (`control.set_next`; noted in `taken` for the event), else `default`."
+        value = self.control.take(name, None)
+        if value is None: return default
+        taken[name] = value; return value
 
     def _autocast(self): return autocast(self.device, self.mixed_precision)
 
@@ -466,7 +438,7 @@ class PlasticityRunner:
         return {'physical': {'heads': layout_of(self.model).heads, 'parameters': sum(p.numel() for p in self.model.parameters())}}
 
     def _eval_batches(self) -> list[dict]:
-        return _take(_loader(self.data['validation'], self.cfg.seed, shuffle=False), self.cfg.eval_batches)
+        return take_batches(seeded_loader(self.data['validation'], self.cfg.seed, shuffle=False), self.cfg.eval_batches)
 
     def measure(self, model=None) -> dict:
         "Perplexity, induction probe, samples and degeneration of the run's model (or `model`) on the fixed validation batches and prompts."
@@ -500,8 +472,10 @@ class PlasticityRunner:
         return dict(lr=self.cfg.lr, stability_level=self.cfg.stability_level, seed=seed, warmup_steps=min(10, max(1, steps // 5)),
                     mixed_precision=self.mixed_precision)
 
-    def _train(self, phase: str, cycle: int, steps: int, seed: int, progress: dict | None = None) -> dict:
-        "A FineTuner for `steps` steps of `phase` (warm-up: until the loss plateaus), continuing `progress` of a stopped run: a generator of the steps, returning the result."
+    def train_phase(self, phase: str, cycle: int, steps: int, seed: int, progress: dict | None = None) -> dict:
+        """A FineTuner for `steps` steps of `phase` (warm-up: until the loss plateaus), continuing `progress` of a stopped run: a
+        generator of the steps, returning the result. The one training primitive: a face that trains by other means sets
+        `runner.train_phase` to its own generator of this signature (the Hugging Face Trainer integration, `18_trainer`)."""
         cfg, learn = self.cfg, phase == 'learn'
         start = progress['start_step'] if progress else self.global_step
         losses = list(self._trainer_state['losses']) if progress else []   # the losses so far (NaN kept: not JSON)
@@ -509,17 +483,16 @@ class PlasticityRunner:
         self.gates.set_step(start)                         # grown heads' ramps and boosts count global steps
         tuner = FineTuner(self.model, self.gates, **self._tuner_settings(steps, seed), distill_from=self.teacher,
                           patience=cfg.patience if learn else None)
-        batches = _Batches(tuner.accelerator.prepare(_loader(self.data['train'], seed)), progress['batches'] if progress else 0)
+        batches = _Batches(tuner.accelerator.prepare(seeded_loader(self.data['train'], seed)), progress['batches'] if progress else 0)
         if progress:                                       # exactly where the stopped run was
             st = self._trainer_state
             tuner.load_state_dict(st['tuner']); tuner._snapshot = st['snapshot']; _set_rng_state(st['rng'])
         desc = 'warmup' if phase == 'warmup' else f'learn {cycle}'
-        bar = tqdm(total=steps, initial=tuner.step, desc=desc, leave=False, disable=not self.progress)
         why = {}
         def on_step(rec):
-            losses.append(rec['loss']); bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.3f}")
+            losses.append(rec['loss'])
             self.global_step = start + tuner.step
-            if self.on_step: self.on_step({**rec, 'global_step': self.global_step, 'phase': desc, 'cycle': cycle})
+            self.callbacks.fire('after_step', self, {**rec, 'global_step': self.global_step, 'phase': desc, 'cycle': cycle, 'phase_steps': steps})
         def should_stop():
             if cfg.stability_level == 0 and losses and not math.isfinite(losses[-1]):   # level 0 steps on: stop at once
                 why['stop'] = 'nonfinite'; return True
@@ -530,7 +503,7 @@ class PlasticityRunner:
         evals = dict(eval_loader=self._eval_batches(), eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
                      initial_eval=not progress) if learn and cfg.patience else {}
         try: res = yield from tuner.train_steps(batches, steps - tuner.step, on_step=on_step, should_stop=should_stop, **evals)
-        finally: tuner.close(); bar.close()
+        finally: tuner.close()
         self.global_step = start + tuner.step
         res = {**res, 'stopped': why.get('stop', res['stopped']), 'losses': losses, 'evals': evals_so_far + res['evals']}
         if res['stopped'] == 'stop':
@@ -576,7 +549,7 @@ class PlasticityRunner:
             pos = {'phase': 'warmup', 'cycle': 0, 'before': _metrics(before)}
             yield None                                     # an event was logged: a driver may show it
         if cfg.warmup_max_steps > 0:
-            res = yield from self._train('warmup', 0, cfg.warmup_max_steps, seed=cfg.seed, progress=pos.get('progress'))
+            res = yield from self.train_phase('warmup', 0, cfg.warmup_max_steps, seed=cfg.seed, progress=pos.get('progress'))
             if self._halted(res, pos): return False
             after, losses = self.measure(), res['losses']
             if self._diverged_after(after, 'warmup'): return False
@@ -588,71 +561,89 @@ class PlasticityRunner:
         return True
 
     def cycle(self, c: int):
-        "One score → prune → measure → grow → learn cycle (or the rest of it, after a stop inside): a generator of its steps and events, returning False if it stopped."
-        cfg, g, pos = self.cfg, self.gates, self.position
-        seed = cfg.seed * 1000 + c
-        if pos is None:
-            seed_everything(seed)
-            if cfg.distill and self.teacher is None: self.teacher = dense_copy(self.model)   # the dense model after warm-up
-            before = self.measure()
-            self._phase('score', c)
-            yield None                                     # a phase starts: a driver may pause here
+        """One cycle (or the rest of it, after a stop inside): the phases score → prune → measure → grow, then learn; a
+        generator of its steps and events, returning False if it stopped. The phases share `done` (what each measured)."""
+        if self.position is None:
+            seed_everything(self.cfg.seed * 1000 + c)
+            if self.cfg.distill and self.teacher is None: self.teacher = dense_copy(self.model)   # the dense model after warm-up
+            done = {'cycle': c, 'seed': self.cfg.seed * 1000 + c, 'before': self.measure()}
+            for phase in (self._score, self._prune, self._measure_pruned, self._grow): yield from phase(done)
+            yield None
+        return (yield from self._learn(c))
+
+    def _score(self, done: dict):
+        self._phase('score', done['cycle'])
+        yield None                                     # a phase starts: a driver may pause here
+        with self._autocast():
+            done['scores'] = head_importance(self.model, take_batches(seeded_loader(self.data['train'], done['seed'] + 1), self.cfg.score_batches),
+                                             seed=done['seed'])
+
+    def _prune(self, done: dict):
+        cfg, g, c = self.cfg, self.gates, done['cycle']
+        self._phase('prune', c)
+        yield None                                     # a phase starts: a driver may pause here
+        # heads grown recently are still ramping in and learning (their scores are low because their gates are): they
+        # get a grace period of `grace_steps` before they can be pruned again
+        young = ((g.state.grown_at >= 0) & (g.state.step - g.state.grown_at < cfg.grace_steps) & g.state.active).nonzero().tolist()
+        protected = [tuple(h) for h in cfg.protected] + [tuple(h) for h in young]
+        # the level asks for a fraction of the active heads; the safeguards may allow fewer (then prune what they allow)
+        flow = {}                                      # what callbacks asked for this phase through the flow
+        want = self._flow('prune_count', self._prune_count(c), flow)
+        n = min(want, prunable_count(g, cfg.min_heads_per_layer, protected))
+        pr = done['pruning'] = prune_heads(g, done['scores'], count=n, strategy=self._flow('prune_strategy', cfg.prune_strategy, flow),
+                                           min_heads_per_layer=cfg.min_heads_per_layer, max_per_cycle=cfg.max_prune_per_cycle, protected=protected)
+        if cfg.physical and pr.heads: prune_physically(self.model, pr.heads)   # their weights go; the gates follow
+        self.log.add(kind='prune', cycle=c, step=self.global_step, heads=pr.heads, scores=done['scores'], threshold=pr.threshold,
+                     metrics_before=_metrics(done['before']), head_state=g.state.state_dict(),
+                     info={'strategy': pr.strategy, 'level': cfg.prune_level, 'requested': want, 'count': len(pr.heads), 'grace': young,
+                           # the runner protects its young heads: say which of prune_heads' 'protected' were in their grace period
+                           'skipped': {k: 'grace period' if v == 'protected' and _pair(k) in young and _pair(k) not in cfg.protected
+                                       else v for k, v in pr.skipped.items()}, **self._physical(), **({'flow': flow} if flow else {})})
+        yield None
+
+    def _measure_pruned(self, done: dict):
+        self._phase('measure', done['cycle'])
+        yield None                                     # a phase starts: a driver may pause here
+        pruned = done['pruned'] = self.measure()
+        self.log.add(kind='measure', cycle=done['cycle'], step=self.global_step, metrics_before=_metrics(done['before']),
+                     metrics_after=_metrics(pruned), samples=pruned.get('samples', []), info={'what': 'after pruning'})
+        yield None
+
+    def _grow(self, done: dict):
+        cfg, g, c = self.cfg, self.gates, done['cycle']
+        self._phase('grow', c)
+        yield None                                     # a phase starts: a driver may pause here
+        n_pruned = int((~g.state.active).sum())
+        # grow_ratio of every pruned head; with a target fraction, of the heads pruned in this cycle (see `_prune_count`)
+        n_grow = int(round(cfg.grow_ratio * (len(done['pruning'].heads) if cfg.target_fraction is not None else n_pruned)))
+        if n_grow > 0:
+            candidates = pruned_heads(g)
+            # physically pruned slots get (zero) weights back, to be scored and grown in as masked slots are
+            if cfg.physical: insert_heads(self.model, candidates)
             with self._autocast():
-                scores = head_importance(self.model, _take(_loader(self.data['train'], seed + 1), cfg.score_batches), seed=seed)
-            self._phase('prune', c)
-            yield None                                     # a phase starts: a driver may pause here
-            # heads grown recently are still ramping in and learning (their scores are low because their gates are): they
-            # get a grace period of `grace_steps` before they can be pruned again
-            young = ((g.state.grown_at >= 0) & (g.state.step - g.state.grown_at < cfg.grace_steps) & g.state.active).nonzero().tolist()
-            protected = [tuple(h) for h in cfg.protected] + [tuple(h) for h in young]
-            # the level asks for a fraction of the active heads; the safeguards may allow fewer (then prune what they allow)
-            want = self._prune_count(c)
-            n = min(want, prunable_count(g, cfg.min_heads_per_layer, protected))
-            pr = prune_heads(g, scores, count=n, strategy=cfg.prune_strategy, min_heads_per_layer=cfg.min_heads_per_layer,
-                             max_per_cycle=cfg.max_prune_per_cycle, protected=protected)
-            if cfg.physical and pr.heads: prune_physically(self.model, pr.heads)   # their weights go; the gates follow
-            self.log.add(kind='prune', cycle=c, step=self.global_step, heads=pr.heads, scores=scores, threshold=pr.threshold,
-                         metrics_before=_metrics(before), head_state=g.state.state_dict(),
-                         info={'strategy': pr.strategy, 'level': cfg.prune_level, 'requested': want, 'count': len(pr.heads), 'grace': young,
-                               # the runner protects its young heads: say which of prune_heads' 'protected' were in their grace period
-                               'skipped': {k: 'grace period' if v == 'protected' and _pair(k) in young and _pair(k) not in cfg.protected
-                                           else v for k, v in pr.skipped.items()}, **self._physical()})
-            yield None
-            self._phase('measure', c)
-            yield None                                     # a phase starts: a driver may pause here
-            pruned = self.measure()
-            self.log.add(kind='measure', cycle=c, step=self.global_step, metrics_before=_metrics(before), metrics_after=_metrics(pruned),
-                         samples=pruned.get('samples', []), info={'what': 'after pruning'})
-            yield None
-            self._phase('grow', c)
-            yield None                                     # a phase starts: a driver may pause here
-            n_pruned = int((~g.state.active).sum())
-            # grow_ratio of every pruned head; with a target fraction, of the heads pruned in this cycle (see `_prune_count`)
-            n_grow = int(round(cfg.grow_ratio * (len(pr.heads) if cfg.target_fraction is not None else n_pruned)))
-            if n_grow > 0:
-                candidates = pruned_heads(g)
-                # physically pruned slots get (zero) weights back, to be scored and grown in as masked slots are
-                if cfg.physical: insert_heads(self.model, candidates)
-                with self._autocast():
-                    gr = grow_heads(g, count=n_grow, strategy=cfg.grow_strategy, init=cfg.grow_init, scores=scores['gradient'],
-                                    batches=_take(_loader(self.data['train'], seed + 2), cfg.score_batches),
-                                    ramp_steps=cfg.ramp_steps, lr_boost=cfg.lr_boost, boost_steps=cfg.boost_steps, seed=seed)
-                not_grown = [h for h in candidates if h not in set(gr.heads)]
-                if cfg.physical and not_grown: prune_physically(self.model, not_grown)
-                self.log.add(kind='grow', cycle=c, step=self.global_step, heads=gr.heads, scores={'grow': gr.scores} if gr.scores is not None else {},
-                             head_state=g.state.state_dict(), info={'strategy': gr.strategy, 'init': gr.init, 'ramp_steps': cfg.ramp_steps,
-                                                                    'lr_boost': cfg.lr_boost, **self._physical()})
-            pos = {'phase': 'learn', 'cycle': c, 'pruned': _metrics(pruned)}
-            yield None
+                gr = grow_heads(g, count=n_grow, strategy=cfg.grow_strategy, init=cfg.grow_init, scores=done['scores']['gradient'],
+                                batches=take_batches(seeded_loader(self.data['train'], done['seed'] + 2), cfg.score_batches),
+                                ramp_steps=cfg.ramp_steps, lr_boost=cfg.lr_boost, boost_steps=cfg.boost_steps, seed=done['seed'])
+            not_grown = [h for h in candidates if h not in set(gr.heads)]
+            if cfg.physical and not_grown: prune_physically(self.model, not_grown)
+            self.log.add(kind='grow', cycle=c, step=self.global_step, heads=gr.heads, scores={'grow': gr.scores} if gr.scores is not None else {},
+                         head_state=g.state.state_dict(), info={'strategy': gr.strategy, 'init': gr.init, 'ramp_steps': cfg.ramp_steps,
+                                                                'lr_boost': cfg.lr_boost, **self._physical()})
+        self.position = {'phase': 'learn', 'cycle': c, 'pruned': _metrics(done['pruned'])}   # what learn needs, kept by a stop
+
+    def _learn(self, c: int):
+        "The learn phase of cycle `c` from `self.position` (set by `_grow`, or by a stop inside learn): a generator, False if it stopped."
+        cfg, g, pos = self.cfg, self.gates, self.position
         self._phase('learn', c)
         yield None                                     # a phase starts: a driver may pause here
-        res = yield from self._train('learn', c, cfg.steps, seed + 3, pos.get('progress'))
+        if 'flow' not in pos: pos['flow'] = {}; pos['steps'] = self._flow('steps', cfg.steps, pos['flow'])   # kept by a stop's checkpoint
+        res = yield from self.train_phase('learn', c, pos.get('steps', cfg.steps), cfg.seed * 1000 + c + 3, pos.get('progress'))
         if self._halted(res, pos): return False
         after = self.measure()
         if self._diverged_after(after, f'learn, cycle {c}'): return False
         self.log.add(kind='learn', cycle=c, step=self.global_step, metrics_before=pos['pruned'], metrics_after=_metrics(after),
                      samples=after.get('samples', []), head_state=g.state.state_dict(),
-                     info={'steps': len(res['losses']), 'losses': res['losses'], 'stopped_by': res['stopped'],
+                     info={'steps': len(res['losses']), 'losses': res['losses'], 'stopped_by': res['stopped'], **({'flow': pos['flow']} if pos.get('flow') else {}),
                            'evals': res.get('evals', []),
                            # where each grown head's gate ramp and update boost stand after learning
                            'grown': {f'{l},{h}': {'ramp': float(g.state.ramp()[l, h]), 'update_scale': float(g.state.update_scale()[l, h])}
@@ -683,10 +674,11 @@ class PlasticityRunner:
         # since (while the model loaded or the resume was checked) is this run's and is obeyed
         if self.control.stopped and self.control.stops == self._stops_before: self.control.reset()
         self.attention = set_attention(self.model, self.cfg.attention)   # BLOOM cannot switch: it stays eager
-        with ctrl_c_stops(self.control), _finally(self._unlock):     # the folder is let go when the run ends, however it ends
+        self.callbacks.fire('before_run', self)
+        with ctrl_c_stops(self.control), _finally(self.unlock):     # the folder is let go when the run ends, however it ends
             if self.next_cycle == 0:
                 if not self.log.filter('start'): self.log.add(kind='start', info={'config': asdict(self.cfg), 'run_id': self.run_id})
-                if not (yield from self.warmup()): return self._finish()
+                if not (yield from self.warmup()): return self._end()
                 self.next_cycle = 1
                 self.checkpoint('warmup')
                 if self.cfg.dense_control and self.out is None: self._dense_after_warmup = _trainable_copy(self.model)
@@ -696,18 +688,26 @@ class PlasticityRunner:
                 self.next_cycle += 1
                 self.checkpoint(f'cycle-{self.next_cycle - 1}')
             else:                                          # every cycle done (a stop breaks out of the loop)
-                if self.cfg.dense_control and not (yield from self.dense_control()): return self._finish()
-            return self._finish()
+                if self.cfg.dense_control and not (yield from self.dense_control()): return self._end()
+            return self._end()
+
+    def _end(self) -> ExperimentLog:
+        "The run's last events (`_finish`), then the last phase's after_phase and after_run."
+        log = self._finish()
+        if self._current: self.callbacks.fire('after_phase', self, *self._current); self._current = None
+        self.callbacks.fire('after_run', self, log)
+        return log
 
     def run(self) -> ExperimentLog:
         "The whole run (`steps` driven to its end); returns the log."
         return drain(self.steps())
 
-    def release(self):
-        "Remove the gates if this runner installed them (a user's own gates stay); the model's attention implementation as it came."
-        if self.own_gates: self.gates.remove()
+    def release(self, keep_gates: bool = False):
+        """Let the run folder go; the model's attention implementation as it came; remove the gates if this runner installed
+        them (a user's own gates stay, and so do ours with `keep_gates`: a model that goes on training with its masks)."""
+        if self.own_gates and not keep_gates: self.gates.remove()
         set_attention(self.model, self._attention_before)
-        self._unlock()
+        self.unlock()
 
 # %% ../nbs/10_cycle.ipynb #ba73377e
 def _trainable_copy(model):
@@ -770,17 +770,18 @@ def dense_control(self: PlasticityRunner):
         learned = self.log.filter('learn', c)
         if not learned: continue                           # (a resumed log that lacks a cycle: nothing to match)
         n, seed = learned[0].info['steps'], cfg.seed * 1000 + c + 3   # the run's learn phase of cycle c: its steps and seed
+        planned = learned[0].info.get('flow', {}).get('steps', cfg.steps)   # what it set out to train (a callback may set it)
         self._phase('control', c)
         yield None                                         # a phase starts: a driver may pause here
         model.train()
-        tuner = FineTuner(model, None, **self._tuner_settings(cfg.steps, seed))
-        batches = tuner.accelerator.prepare(_loader(self.data['train'], seed))
+        tuner = FineTuner(model, None, **self._tuner_settings(planned, seed))
+        batches = tuner.accelerator.prepare(seeded_loader(self.data['train'], seed))
         losses, stopped = [], {}
         def on_step(rec): losses.append(rec['loss']); self.control_steps += 1
         def should_stop():
             if self.control.check(): stopped['why'] = True; return True
             return tuner.step >= n                         # a learn phase stopped early by patience: as many steps
-        try: yield from tuner.train_steps(batches, cfg.steps, on_step=on_step, should_stop=should_stop)
+        try: yield from tuner.train_steps(batches, planned, on_step=on_step, should_stop=should_stop)
         finally: tuner.close()
         if stopped:
             self.position, self.stop_reason = {'phase': 'control', 'cycle': c}, self.control.reason
@@ -796,13 +797,14 @@ def dense_control(self: PlasticityRunner):
 # %% ../nbs/10_cycle.ipynb #4caf5f0e
 def run_plasticity(model, data: dict, tokenizer=None, out=None, resume=None, overwrite: bool = False, run_info: dict | None = None,
                    on_step=None, on_phase=None, on_event=None, control: RunControl | None = None, progress: bool = True,
-                   keep_gates: bool = False, **config) -> ExperimentLog:
+                   keep_gates: bool = False, callbacks=(), **config) -> ExperimentLog:
     """Warm up `model`, then run `cycles` plasticity cycles on `data` (dict of DataLoaders); returns the `ExperimentLog`.
 
     `out`: the run folder (None: write nothing). `resume`: True to continue the run in `out` from its newest checkpoint,
     or a checkpoint folder (its run folder is continued, or `out` if given and elsewhere). `overwrite`: replace the run in
     `out`. `run_info`: what `run.json` records besides the data fingerprint and config (`model`, `corpus`, `data`)."""
-    runner = PlasticityRunner(model, data, tokenizer, PlasticityConfig(**config), on_step, on_phase, on_event, control, progress, run_info)
+    runner = PlasticityRunner(model, data, tokenizer, PlasticityConfig(**config), on_step, on_phase, on_event, control, progress, run_info,
+                              callbacks)
     try:
         runner.open(out, resume, overwrite)
         log = runner.run()

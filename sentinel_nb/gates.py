@@ -12,7 +12,7 @@ from torch import nn
 from .models import get_adapter, attention_modules, out_projs, head_counts, head_weight_slices, layer_heads, layer_slots, LAYOUT_ATTR
 
 # %% auto #0
-__all__ = ['HeadState', 'HeadGates', 'zero_head_by_hand', 'stats', 'recording', 'HeadUpdateScaler']
+__all__ = ['HeadState', 'hook_owners', 'HeadGates', 'zero_head_by_hand', 'stats', 'recording', 'HeadUpdateScaler']
 
 # %% ../nbs/03_gates.ipynb #e5f539ea
 @dataclass
@@ -78,7 +78,7 @@ def _owned(fn, gates):
     "Tag hook `fn` as registered by `gates` (so a later `install` can find it on the model, registry or not)."
     setattr(fn, _OWNER, weakref.ref(gates)); return fn
 
-def _hook_owners(model) -> dict:
+def hook_owners(model) -> dict:
     "`{owner: [(module, key)]}` of every HeadGates hook on `model`'s modules (a deep copy of a model carries them too)."
     found = {}
     for mod in model.modules():
@@ -171,7 +171,7 @@ class HeadGates:
 
     def _drop_other_gates(self):
         "Remove every other HeadGates' hooks from this model, warning that its gates and pruned heads are gone."
-        for owner, where in _hook_owners(self.model).items():
+        for owner, where in hook_owners(self.model).items():
             if owner is self: continue
             if owner is not None and owner.model is self.model: owner.remove()   # it now reports installed=False
             else:                                 # hooks copied along with the model (copy.deepcopy of a gated model)

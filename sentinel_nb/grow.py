@@ -14,8 +14,8 @@ from .importance import random_scores
 from .metrics import forward_logits, batch_nll, eval_mode, model_device
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'INITS', 'init_head', 'gradient_scores', 'entropy_gap_scores', 'balanced_scores', 'random_slot_scores',
-           'GrowResult', 'grow_heads']
+__all__ = ['STRATEGIES', 'INITS', 'init_std', 'init_head', 'gradient_scores', 'entropy_gap_scores', 'balanced_scores',
+           'random_slot_scores', 'GrowResult', 'grow_heads']
 
 # %% ../nbs/07_grow.ipynb #1d120fea
 STRATEGIES = ('gradient', 'entropy_gap', 'balanced', 'random')
@@ -32,7 +32,8 @@ def _n_to_grow(n_pruned: int, count, ratio) -> int:
     return int(count)
 
 # %% ../nbs/07_grow.ipynb #5faff604
-def _init_std(model) -> float:
+def init_std(model) -> float:
+    "The weight scale of a new head: the config's `initializer_range` (or `init_std`), the one rule growth and physical growth share."
     cfg = model.config
     for k in ('initializer_range', 'init_std'):
         v = getattr(cfg, k, None)
@@ -50,7 +51,7 @@ def init_head(model, layer: int, head: int, init: str = 'fresh', source: int | N
               noise: float = 0.01, seed: int = 0):
     "Write new weights into slot `(layer, head)`: `fresh` normal(0, std) or a noisy `clone` of head `source`."
     if init not in INITS: raise ValueError(f"unknown init {init!r}; choose from {INITS}")
-    std, gen = _init_std(model), _gen(seed, layer, head)
+    std, gen = init_std(model), _gen(seed, layer, head)
     dst = head_weight_slices(model, layer, head)
     src = head_weight_slices(model, layer, source) if init == 'clone' else None
     for name, s in dst.parts.items():

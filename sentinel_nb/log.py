@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_model, load_model, _remove_duplicate_names
 from .models import head_counts, LAYOUT_ATTR
 from .gates import HeadState
+from .physical import HeadLayout, LayoutError, layout_of, expected_shapes, apply_layout   # a physically pruned model's checkpoints
 
 # %% auto #0
 __all__ = ['EVENT_KINDS', 'SCHEMA_VERSION', 'CHECKPOINT_FILES', 'CHECKPOINT_NAMES', 'RUN_FILES', 'RUN_MODES', 'LOCK_FILE',
@@ -293,7 +294,6 @@ def _listed(names, n: int = 5) -> str:
 
 def _checkpoint_layout(folder: Path, files: dict, model):
     "The head layout the checkpoint's weights have, when `model` must be rebuilt to it first (else None): its head_layout.json, or the full grid."
-    from sentinel_nb.physical import HeadLayout, LayoutError, layout_of   # lazy: physical sits above the log
     if 'head_layout.json' in files:
         try: want = HeadLayout.from_dict(_read_json(folder/'head_layout.json', CheckpointError, 'checkpoint file', _FIX_CK))
         except LayoutError as e: raise CheckpointError(f"{folder/'head_layout.json'}: {e}. {_FIX_CK}") from None
@@ -315,7 +315,6 @@ def _check_weights(path: Path, model, layout=None) -> str | None:
             model_sd = model.state_dict()
             shapes = {k: tuple(v.shape) for k, v in model_sd.items()}
             if layout is not None:
-                from sentinel_nb.physical import expected_shapes
                 shapes.update({k: s for k, s in expected_shapes(layout, model.config).items() if k in shapes})
             dropped = {n for group in _remove_duplicate_names(model_sd, preferred_names=keys).values() for n in group}
             needed = set(model_sd) - dropped
@@ -411,7 +410,6 @@ def load_checkpoint(folder, model, gates=None, run_id: str | None = None) -> tup
                               "folder, or start a new run.")
     # everything checked: now touch the model and the gates
     if layout is not None:
-        from sentinel_nb.physical import apply_layout
         apply_layout(model, layout)
     load_model(model, str(folder/'model.safetensors'), strict=True)
     if gates is not None:

@@ -13,7 +13,8 @@ import plotly
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from .log import ExperimentLog, Event, LogFileError, run_checkpoints, _check_writable, _nearest_existing, _write_atomic
-from .models import load_model
+from .loading import load_model
+from .spec import setting_flags
 from .viz import (as_log, timeline, head_map, head_history_map, score_maps, decision_views, metrics_table, head_label,
                   against_control, _phase_name, _state_events, _config)
 from .views import (generations_table, attention_patterns, attention_mosaic, entropy_by_head, compare_heads,
@@ -46,7 +47,6 @@ def report_inputs(run) -> tuple[ExperimentLog, dict, Path | None]:
 def reproduce_command(info: dict, out: str | Path = 'OUT') -> str | None:
     "The `sentinel run` command line that repeats the run described by `info` (a run.json), or None without one."
     from sentinel_nb.cycle import PlasticityConfig
-    from sentinel_nb.cli import setting_flags
     if not info or 'config' not in info: return None
     model = info.get('model'); model = model.get('name') if isinstance(model, dict) else model
     args = ['sentinel', 'run', '--model', str(model), '--corpus', str(info.get('corpus')), '--out', str(out)]

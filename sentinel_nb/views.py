@@ -11,7 +11,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import torch
-from .models import load_model, head_counts, attention_weights, layer_slots
+from .models import head_counts, attention_weights, layer_slots
+from .loading import load_model
 from .gates import HeadGates, HeadState
 from .metrics import eval_mode, model_device, generate_samples, degeneration_metrics, perplexity
 from .log import load_checkpoint, latest_checkpoint, read_run_info, CheckpointError

@@ -16,13 +16,15 @@ import ipywidgets as W
 from traitlets import TraitError
 from IPython.display import display, HTML
 from fastcore.basics import patch
-from .models import OFFLINE_NAMES, head_counts, load_model
+from .models import head_counts
+from .loading import OFFLINE_NAMES, load_model
 from .data import BUILTIN_CORPORA
 from .prune import STRATEGIES as PRUNE_STRATEGIES
 from .grow import STRATEGIES as GROW_STRATEGIES
 from .cycle import PlasticityConfig, PlasticityRunner, RunControl, run_plasticity
 from .log import ExperimentLog, RUN_MODES, run_checkpoints, read_run_info
-from .cli import run_args, prepare_run, setting_flags, saved_settings, USER_ERRORS
+from .spec import setting_flags, saved_settings
+from .cli import run_args, prepare_run, USER_ERRORS
 from .viz import as_log, timeline, live_phase, head_map, score_maps, against_control, against_control_text
 from .views import (attention_patterns, attention_mosaic, attention_grid, head_pattern, compare_heads,
                                load_checkpoint_model, compare_generations, generations_table)

@@ -8,7 +8,8 @@ import pytest
 import sentinel_nb.cli as cli
 import sentinel_nb.cycle as cycle
 from sentinel_nb.cli import main
-from sentinel_nb.models import load_model, tiny_model, tiny_tokenizer
+from sentinel_nb.models import tiny_model, tiny_tokenizer
+from sentinel_nb.loading import load_model
 from sentinel_nb.physical import prune_physically, save_pruned, LAYOUT_FILE, WEIGHTS_FILE
 from cli_stop import ctrl_c_at                                  # Ctrl-C inside a CLI run (tests/cli_stop.py)
 from test_bad_inputs import error_line, tree_hash, TINY_RUN, text_file, finished_run, run_copy   # noqa: F401 (fixtures)

@@ -3,7 +3,7 @@ hand), reported in the log, the terminal and the report; off on request; stopped
 import copy, json
 import pytest, torch
 from sentinel_nb.models import tiny_model
-from sentinel_nb.cycle import run_plasticity, RunControl, _loader
+from sentinel_nb.cycle import run_plasticity, RunControl, seeded_loader
 from sentinel_nb.train import FineTuner, drain
 from sentinel_nb.metrics import evaluate
 from sentinel_nb.log import load_checkpoint
@@ -38,7 +38,7 @@ def test_the_control_is_the_dense_model_trained_as_the_run_learned(straight):
         seed = SMALL.get('seed', 0) * 1000 + e.cycle + 3
         model.train()
         tuner = FineTuner(model, None, lr=1e-4, stability_level=1, seed=seed, warmup_steps=min(10, max(1, SMALL['steps'] // 5)))
-        drain(tuner.train_steps(tuner.accelerator.prepare(_loader(DATA['train'], seed)), learn.info['steps'])); tuner.close()
+        drain(tuner.train_steps(tuner.accelerator.prepare(seeded_loader(DATA['train'], seed)), learn.info['steps'])); tuner.close()
         ppl = evaluate(model, list(DATA['validation'])[:SMALL['eval_batches']])['perplexity']
         assert e.metrics_after['perplexity'] == pytest.approx(ppl, rel=1e-6), e.cycle
         assert e.info['steps'] == learn.info['steps'] and e.step == learn.step

@@ -3,7 +3,8 @@ import copy, inspect, math
 import pytest, torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 from sentinel_nb.core import data_dir
-from sentinel_nb.models import tiny_model, head_counts, head_weight_slices, out_projs, TINY_VOCAB, load_model
+from sentinel_nb.models import tiny_model, head_counts, head_weight_slices, out_projs, TINY_VOCAB
+from sentinel_nb.loading import load_model
 from sentinel_nb.gates import HeadGates, zero_head_by_hand
 
 FAMILIES = ['gpt2', 'opt', 'gpt_neox', 'llama', 'bloom']

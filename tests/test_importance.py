@@ -1,7 +1,8 @@
 "Michel et al.'s per-example gate gradient against a hand loop, and the induction probe and head scores on tiny and trained models."
 import math
 import pytest, torch
-from sentinel_nb.models import tiny_model, head_counts, load_model, TINY_VOCAB
+from sentinel_nb.models import tiny_model, head_counts, TINY_VOCAB
+from sentinel_nb.loading import load_model
 from sentinel_nb.gates import HeadGates
 from sentinel_nb.importance import _gate_pass, head_importance
 from sentinel_nb.metrics import batch_nll, evaluate, induction_batch, induction_head_scores, induction_score

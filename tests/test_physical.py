@@ -274,7 +274,7 @@ def test_onnx_fp32_error_catches_a_wrong_graph(tmp_path):
 @pytest.mark.parametrize('dynamo', [False, True])
 def test_smollm2_onnx_is_as_close_to_float64_as_torch(dynamo, tmp_path):
     "Pruned SmolLM2 (81 of 270 heads, non-uniform) on held-out English (the built-in corpus' validation play)."
-    from sentinel_nb.models import load_model
+    from sentinel_nb.loading import load_model
     from sentinel_nb.data import load_corpus
     if dynamo: pytest.importorskip('onnxscript')
     m, tok = load_model('smollm2-135m', device='cpu'); L, H, _, _ = head_counts(m)
@@ -291,7 +291,7 @@ def test_smollm2_onnx_is_as_close_to_float64_as_torch(dynamo, tmp_path):
 @pytest.mark.parametrize('kv_cache', ['repeat', 'compact'])
 def test_smollm2_30pct_non_uniform(kv_cache, tmp_path):
     "SmolLM2-135M (30 layers x 9 query / 3 kv heads): 30 % of the heads out physically, the masked model's function."
-    from sentinel_nb.models import load_model
+    from sentinel_nb.loading import load_model
     base, _ = load_model('smollm2-135m', device='cpu')
     L, H, KV, d = head_counts(base); hidden = base.config.hidden_size
     per = [1] * 7 + [2] * 7 + [3] * 6 + [4] * 8 + [5] * 2                          # 81 of 270 heads, rising with depth

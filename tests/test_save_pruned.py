@@ -2,7 +2,8 @@
 import json
 import pytest, torch
 from sentinel_nb.cli import main
-from sentinel_nb.models import load_model, head_counts
+from sentinel_nb.models import head_counts
+from sentinel_nb.loading import load_model
 from sentinel_nb.views import load_checkpoint_model
 from sentinel_nb.physical import layout_of
 

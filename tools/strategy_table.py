@@ -12,13 +12,13 @@ writes it, with every single value and the scoring time per seed, under `--out` 
 import argparse, json, math, statistics, sys, time
 from pathlib import Path
 import torch
-from sentinel_nb.models import load_model
+from sentinel_nb.loading import load_model
 from sentinel_nb.data import load_corpus, get_dataloaders
 from sentinel_nb.gates import HeadGates
 from sentinel_nb.importance import head_importance, random_scores, METHODS
 from sentinel_nb.prune import prune_heads, restore_heads, STRATEGIES
 from sentinel_nb.metrics import perplexity
-from sentinel_nb.cycle import _loader, _take
+from sentinel_nb.cycle import seeded_loader, take_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORED = ('entropy', 'entropy_high', 'gradient', 'gradient_batch', 'magnitude', 'combined')   # scores from data
@@ -35,7 +35,7 @@ def measure(model_name: str, level: float, seeds: int, random_draws: int, eval_b
     if unknown: raise ValueError(f'strategies {unknown} are not in prune.STRATEGIES ({", ".join(STRATEGIES)})')
     model, tok = load_model(model_name, device='cpu')
     data = get_dataloaders(load_corpus(corpus), tok, block_size=128, batch_size=batch_size)
-    val = _take(_loader(data['validation'], 0, shuffle=False), math.ceil(eval_blocks / batch_size))   # fixed slice
+    val = take_batches(seeded_loader(data['validation'], 0, shuffle=False), math.ceil(eval_blocks / batch_size))   # fixed slice
     n_tokens = sum(int(b['input_ids'][:, 1:].numel()) for b in val)
     values = {s: [] for s in SCORED + ('random',)}
     score_seconds = []
@@ -43,7 +43,7 @@ def measure(model_name: str, level: float, seeds: int, random_draws: int, eval_b
         t0 = time.perf_counter(); dense = perplexity(model, val)
         say(f'{model_name}: dense validation perplexity {dense:.2f} on {n_tokens} tokens ({time.perf_counter() - t0:.1f} s)')
         for seed in range(seeds):
-            batches = _take(_loader(data['train'], seed), score_batches)    # a different draw of training blocks per seed
+            batches = take_batches(seeded_loader(data['train'], seed), score_batches)    # a different draw of training blocks per seed
             t0 = time.perf_counter(); scores = head_importance(model, batches, METHODS, max_batches=score_batches, seed=seed)
             score_seconds.append(time.perf_counter() - t0)
             for s in SCORED:
