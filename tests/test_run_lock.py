@@ -51,7 +51,7 @@ def test_a_second_process_is_refused_before_any_work_and_a_dead_holders_lock_is_
     assert read_run_info(out)['config']['cycles'] == 2
 
 def test_two_cli_runs_at_once_one_is_refused_and_the_folder_holds_one_run(tmp_path):
-    "Two `sentinel run --resume` processes started together: one runs, the other exits 2 naming the holder; events not mixed."
+    "A second `sentinel run --resume` while a first one writes the folder: exit 2 naming the holder, nothing of it written."
     out = tmp_path/'run'
     flags = ['--model', 'sentinel-tiny', '--corpus', 'shakespeare', '--steps', '2', '--warmup-max-steps', '0',
              '--block-size', '32', '--batch-size', '2', '--max-blocks', '8', '--eval-batches', '1', '--score-batches', '1',
@@ -60,18 +60,25 @@ def test_two_cli_runs_at_once_one_is_refused_and_the_folder_holds_one_run(tmp_pa
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     first = subprocess.run(cmd + ['run', '--out', str(out), '--cycles', '1', *flags], env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    procs = [subprocess.Popen(cmd + ['run', '--out', str(out), '--resume', '--cycles', str(c)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in (3, 2)]
-    res = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
-    codes = sorted(rc for rc, _ in res)
-    assert codes == [0, 2], res
-    refused = next(err for rc, err in res if rc == 2)
-    assert 'is being written by process' in refused and 'sentinel: error:' in refused, refused
-    won = 3 if res[0][0] == 0 else 2
+    # the first writer: many cycles, so that it still writes when the second one asks (it is stopped with Ctrl-C below)
+    a = subprocess.Popen(cmd + ['run', '--out', str(out), '--resume', '--cycles', '200'], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        while not (out/LOCK_FILE).exists():
+            assert a.poll() is None and time.monotonic() - t0 < 300, a.stderr.read() if a.poll() is not None else 'no lock after 300 s'
+            time.sleep(0.1)
+        b = subprocess.run(cmd + ['run', '--out', str(out), '--resume', '--cycles', '2'], env=env, capture_output=True, text=True, timeout=300)
+        assert b.returncode == 2, b.stderr
+        assert f'is being written by process {a.pid}' in b.stderr and 'sentinel: error:' in b.stderr, b.stderr
+        assert a.poll() is None                                      # the first one was writing all along
+    finally:
+        a.send_signal(signal.SIGINT)                                 # Ctrl-C: it stops with a checkpoint
+        rc_a = a.wait(timeout=300)
+    assert rc_a == 130, a.stderr.read()
     events = ExperimentLog.read_events(out/'events.jsonl')
-    assert [e.kind for e in events].count('end') == 1                # one run's events, not two interleaved
-    assert read_run_info(out)['config']['cycles'] == won == json.loads((out/'log.json').read_text())['events'][-1]['cycle']
-    assert not (out/LOCK_FILE).exists()
+    assert [e.kind for e in events].count('resume') == 1 and events[-1].kind in ('stop', 'checkpoint')   # one writer's events
+    assert read_run_info(out)['config']['cycles'] == 200 and not (out/LOCK_FILE).exists()
 
 def test_two_runners_in_one_process_and_the_lock_follows_the_run(tmp_path):
     out = tmp_path/'run'
